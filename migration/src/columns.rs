@@ -1,0 +1,86 @@
+//! Column shapes shared by the migrations, and the table names.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+/// Longest user id, idempotency key or other caller-chosen identifier.
+pub const ID_LEN: u32 = 128;
+
+/// A timestamp with microsecond precision on every backend. MySQL's
+/// `TIMESTAMP` keeps whole seconds and ends in 2038, so it gets `DATETIME(6)`
+/// (always written in UTC by the server).
+pub fn timestamp(backend: DbBackend, name: impl IntoIden) -> ColumnDef {
+    let mut col = ColumnDef::new(name);
+    match backend {
+        DbBackend::MySql => col.custom("DATETIME(6)"),
+        _ => col.timestamp_with_time_zone(),
+    };
+    col.not_null();
+    col
+}
+
+/// A non-null `BIGINT` credit amount.
+pub fn credits(name: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(name).big_integer().not_null().to_owned()
+}
+
+/// A `VARCHAR(len)`, nullable unless `not_null` is called on the result.
+pub fn text(name: impl IntoIden, len: u32) -> ColumnDef {
+    ColumnDef::new(name).string_len(len).to_owned()
+}
+
+/// The `user` table.
+#[derive(DeriveIden)]
+pub enum User {
+    Table,
+    Id,
+    Email,
+    Name,
+    /// The legacy balance column, dropped by step 3.
+    Balance,
+    CreatedAt,
+    UpdatedAt,
+}
+
+/// The `credit_transaction` table.
+#[derive(DeriveIden)]
+pub enum CreditTransaction {
+    Table,
+    Id,
+    UserId,
+    Sequence,
+    Type,
+    Amount,
+    RunningBalance,
+    IdempotencyKey,
+    Fingerprint,
+    RefundedTransactionId,
+    RefundedAmount,
+    GraphExecId,
+    GraphId,
+    NodeId,
+    NodeExecId,
+    BlockId,
+    Reason,
+    Metadata,
+    CreatedAt,
+}
+
+/// The `user_balance` table.
+#[derive(DeriveIden)]
+pub enum UserBalance {
+    Table,
+    UserId,
+    Balance,
+    OpeningBalance,
+    LastSequence,
+    UpdatedAt,
+}
+
+/// The `user` table's name quoted for raw SQL on `backend`.
+pub fn quoted_user_table(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::MySql => "`user`",
+        _ => "\"user\"",
+    }
+}
