@@ -1,0 +1,35 @@
+//! The append-only ledger: one row per applied balance change.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "credit_transaction")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub user_id: String,
+    pub sequence: i64,
+    /// `TOP_UP`, `USAGE`, `GRANT`, `REFUND` or `CARD_CHECK`.
+    pub r#type: String,
+    pub amount: i64,
+    pub running_balance: i64,
+    pub idempotency_key: String,
+    pub fingerprint: String,
+    pub refunded_transaction_id: Option<String>,
+    pub refunded_amount: i64,
+    pub graph_exec_id: Option<String>,
+    pub graph_id: Option<String>,
+    pub node_id: Option<String>,
+    pub node_exec_id: Option<String>,
+    pub block_id: Option<String>,
+    pub reason: Option<String>,
+    /// Caller metadata as JSON text.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub metadata: Option<String>,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

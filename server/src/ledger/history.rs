@@ -1,0 +1,106 @@
+//! Reads: balances, single transactions and history pages. Reads never lock
+//! and never touch `user`'s columns for money.
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::model::{Balance, HistoryPage, HistoryQuery, Transaction};
+use super::{Ledger, page_token};
+use crate::entity::{credit_transaction as ctx, user_balance};
+use crate::error::LedgerError;
+
+impl Ledger {
+    /// The user's balance, read from `user_balance` only.
+    pub async fn balance(&self, user_id: &str) -> Result<Balance, LedgerError> {
+        let row = user_balance::Entity::find_by_id(user_id.to_owned())
+            .one(self.db())
+            .await?
+            .ok_or_else(|| LedgerError::UserNotFound(user_id.to_owned()))?;
+        Ok(Balance {
+            user_id: row.user_id,
+            balance: row.balance,
+            last_sequence: row.last_sequence,
+            updated_at: row.updated_at,
+        })
+    }
+
+    /// One transaction of one user.
+    pub async fn transaction(
+        &self,
+        user_id: &str,
+        transaction_id: &str,
+    ) -> Result<Transaction, LedgerError> {
+        let row = ctx::Entity::find_by_id(transaction_id.to_owned())
+            .filter(ctx::Column::UserId.eq(user_id))
+            .one(self.db())
+            .await?;
+        match row {
+            Some(row) => Transaction::try_from(row),
+            None => {
+                self.ensure_user(user_id).await?;
+                Err(LedgerError::TransactionNotFound {
+                    user_id: user_id.to_owned(),
+                    transaction_id: transaction_id.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// One page of the user's history, newest first (by sequence, the order
+    /// in which the balance changed).
+    pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, LedgerError> {
+        let HistoryQuery {
+            user_id,
+            page_size,
+            page_token,
+            filter,
+        } = query;
+        let before = page_token
+            .as_deref()
+            .map(|t| page_token::decode(t, &user_id, &filter))
+            .transpose()?;
+        self.ensure_user(&user_id).await?;
+
+        let mut select = ctx::Entity::find().filter(ctx::Column::UserId.eq(&user_id));
+        if let Some(before) = before {
+            select = select.filter(ctx::Column::Sequence.lt(before));
+        }
+        if !filter.kinds.is_empty() {
+            select = select.filter(ctx::Column::Type.is_in(filter.kinds.iter().map(|k| k.as_str())));
+        }
+        if let Some(after) = filter.created_after {
+            select = select.filter(ctx::Column::CreatedAt.gte(after));
+        }
+        if let Some(before) = filter.created_before {
+            select = select.filter(ctx::Column::CreatedAt.lt(before));
+        }
+        if let Some(graph_exec_id) = &filter.graph_exec_id {
+            select = select.filter(ctx::Column::GraphExecId.eq(graph_exec_id));
+        }
+        // One row more than asked tells whether another page follows.
+        let mut rows = select
+            .order_by_desc(ctx::Column::Sequence)
+            .limit(page_size + 1)
+            .all(self.db())
+            .await?;
+        let more = rows.len() as u64 > page_size;
+        rows.truncate(page_size as usize);
+        let next_page_token = match rows.last() {
+            Some(last) if more => Some(page_token::encode(&user_id, &filter, last.sequence)),
+            _ => None,
+        };
+        let transactions = rows
+            .into_iter()
+            .map(Transaction::try_from)
+            .collect::<Result<_, _>>()?;
+        Ok(HistoryPage {
+            transactions,
+            next_page_token,
+        })
+    }
+
+    /// NOT_FOUND for an unknown user, so an empty history means "no
+    /// transactions", never "no such user".
+    async fn ensure_user(&self, user_id: &str) -> Result<(), LedgerError> {
+        self.balance(user_id).await.map(|_| ())
+    }
+}

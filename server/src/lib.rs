@@ -1,0 +1,10 @@
+//! The credit ledger service as a library: the binary (`main.rs`) and the
+//! integration tests start it through [`app::serve`].
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod entity;
+pub mod error;
+pub mod ledger;
+pub mod service;

@@ -1,0 +1,148 @@
+//! Domain -> wire conversions, and the wire types (Struct, Timestamp) whose
+//! reading needs care.
+
+use chrono::{DateTime, Utc};
+use credit_proto::v1 as pb;
+use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
+
+use crate::ledger::model::{Metadata, Transaction, TxKind, Usage, User};
+
+pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A valid wire timestamp as a `DateTime`, or why it is not one.
+pub fn from_timestamp(t: &Timestamp) -> Result<DateTime<Utc>, &'static str> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err("nanos must be between 0 and 999,999,999");
+    }
+    DateTime::from_timestamp(t.seconds, t.nanos as u32).ok_or("the time is out of range")
+}
+
+pub fn tx_kind(kind: TxKind) -> pb::TransactionType {
+    match kind {
+        TxKind::TopUp => pb::TransactionType::TopUp,
+        TxKind::Usage => pb::TransactionType::Usage,
+        TxKind::Grant => pb::TransactionType::Grant,
+        TxKind::Refund => pb::TransactionType::Refund,
+        TxKind::CardCheck => pb::TransactionType::CardCheck,
+    }
+}
+
+/// The domain kind of a wire enum value; `None` for UNSPECIFIED or unknown.
+pub fn from_tx_type(value: i32) -> Option<TxKind> {
+    match pb::TransactionType::try_from(value).ok()? {
+        pb::TransactionType::Unspecified => None,
+        pb::TransactionType::TopUp => Some(TxKind::TopUp),
+        pb::TransactionType::Usage => Some(TxKind::Usage),
+        pb::TransactionType::Grant => Some(TxKind::Grant),
+        pb::TransactionType::Refund => Some(TxKind::Refund),
+        pb::TransactionType::CardCheck => Some(TxKind::CardCheck),
+    }
+}
+
+impl From<User> for pb::User {
+    fn from(u: User) -> Self {
+        Self {
+            user_id: u.id,
+            email: u.email,
+            name: u.name,
+            created_at: Some(timestamp(u.created_at)),
+        }
+    }
+}
+
+impl From<Usage> for pb::UsageDetails {
+    fn from(u: Usage) -> Self {
+        Self {
+            graph_exec_id: u.graph_exec_id.unwrap_or_default(),
+            graph_id: u.graph_id.unwrap_or_default(),
+            node_id: u.node_id.unwrap_or_default(),
+            node_exec_id: u.node_exec_id.unwrap_or_default(),
+            block_id: u.block_id.unwrap_or_default(),
+            reason: u.reason.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<Transaction> for pb::Transaction {
+    fn from(t: Transaction) -> Self {
+        Self {
+            transaction_id: t.id,
+            user_id: t.user_id,
+            r#type: tx_kind(t.kind).into(),
+            amount: t.amount,
+            running_balance: t.running_balance,
+            sequence: t.sequence,
+            idempotency_key: t.idempotency_key,
+            usage: t.usage.map(Into::into),
+            metadata: t.metadata.map(to_struct),
+            refunded_transaction_id: t.refunded_transaction_id.unwrap_or_default(),
+            created_at: Some(timestamp(t.created_at)),
+            reason: t.reason.unwrap_or_default(),
+            refunded_amount: t.refunded_amount,
+        }
+    }
+}
+
+/// A protobuf `Struct` as a JSON object, or the path of the first value JSON
+/// cannot hold (a value without a kind, NaN or an infinity).
+pub fn from_struct(s: Struct) -> Result<Metadata, String> {
+    s.fields
+        .into_iter()
+        .map(|(k, v)| {
+            let json = from_value(v).map_err(|path| join(&k, &path))?;
+            Ok((k, json))
+        })
+        .collect()
+}
+
+fn from_value(v: Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v.kind.ok_or_else(String::new)? {
+        Kind::NullValue(_) => J::Null,
+        Kind::BoolValue(b) => J::Bool(b),
+        Kind::StringValue(s) => J::String(s),
+        Kind::NumberValue(n) => J::Number(serde_json::Number::from_f64(n).ok_or_else(String::new)?),
+        Kind::StructValue(s) => J::Object(from_struct(s)?),
+        Kind::ListValue(l) => J::Array(
+            l.values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| from_value(v).map_err(|path| join(&format!("[{i}]"), &path)))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+fn join(head: &str, rest: &str) -> String {
+    match rest {
+        "" => head.to_owned(),
+        r if r.starts_with('[') => format!("{head}{r}"),
+        r => format!("{head}.{r}"),
+    }
+}
+
+pub fn to_struct(m: Metadata) -> Struct {
+    Struct {
+        fields: m.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+    }
+}
+
+fn to_value(v: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(a) => Kind::ListValue(ListValue {
+            values: a.into_iter().map(to_value).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(to_struct(o)),
+    };
+    Value { kind: Some(kind) }
+}

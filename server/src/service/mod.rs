@@ -1,0 +1,144 @@
+//! The gRPC handlers: validate the wire request, turn it into a domain
+//! request, call the ledger, turn the result (or the error, through
+//! `From<LedgerError> for Status`) into the wire response.
+
+mod convert;
+mod requests;
+mod validate;
+
+use credit_proto::v1::{self as pb, credit_service_server::CreditService};
+use tonic::{Request, Response, Status};
+
+use crate::ledger::Ledger;
+use crate::ledger::model::WriteOutcome;
+use convert::timestamp;
+
+pub use requests::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use validate::{MAX_ID_CHARS, MAX_METADATA_BYTES, MAX_TEXT_CHARS};
+
+/// `credit.v1.CreditService` over a [`Ledger`].
+#[derive(Clone)]
+pub struct CreditApi {
+    ledger: Ledger,
+}
+
+impl CreditApi {
+    pub fn new(ledger: Ledger) -> Self {
+        Self { ledger }
+    }
+}
+
+/// The parts of every write response.
+fn written(outcome: WriteOutcome) -> (Option<pb::Transaction>, i64) {
+    (Some(outcome.transaction.into()), outcome.balance)
+}
+
+#[tonic::async_trait]
+impl CreditService for CreditApi {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let new = requests::create_user(request.into_inner())?;
+        let user = self.ledger.create_user(new).await?;
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(user.into()),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let user_id = requests::user_id(request.into_inner().user_id)?;
+        let user = self.ledger.user(&user_id).await?;
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(user.into()),
+        }))
+    }
+
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let user_id = requests::user_id(request.into_inner().user_id)?;
+        let b = self.ledger.balance(&user_id).await?;
+        Ok(Response::new(pb::GetBalanceResponse {
+            user_id: b.user_id,
+            balance: b.balance,
+            updated_at: Some(timestamp(b.updated_at)),
+            last_sequence: b.last_sequence,
+        }))
+    }
+
+    async fn top_up(
+        &self,
+        request: Request<pb::TopUpRequest>,
+    ) -> Result<Response<pb::TopUpResponse>, Status> {
+        let write = requests::top_up(request.into_inner())?;
+        let (transaction, balance) = written(self.ledger.write(write).await?);
+        Ok(Response::new(pb::TopUpResponse {
+            transaction,
+            balance,
+        }))
+    }
+
+    async fn spend(
+        &self,
+        request: Request<pb::SpendRequest>,
+    ) -> Result<Response<pb::SpendResponse>, Status> {
+        let write = requests::spend(request.into_inner())?;
+        let (transaction, balance) = written(self.ledger.write(write).await?);
+        Ok(Response::new(pb::SpendResponse {
+            transaction,
+            balance,
+        }))
+    }
+
+    async fn grant(
+        &self,
+        request: Request<pb::GrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let write = requests::grant(request.into_inner())?;
+        let (transaction, balance) = written(self.ledger.write(write).await?);
+        Ok(Response::new(pb::GrantResponse {
+            transaction,
+            balance,
+        }))
+    }
+
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        let write = requests::refund(request.into_inner())?;
+        let (transaction, balance) = written(self.ledger.write(write).await?);
+        Ok(Response::new(pb::RefundResponse {
+            transaction,
+            balance,
+        }))
+    }
+
+    async fn get_transaction(
+        &self,
+        request: Request<pb::GetTransactionRequest>,
+    ) -> Result<Response<pb::GetTransactionResponse>, Status> {
+        let (user_id, transaction_id) = requests::get_transaction(request.into_inner())?;
+        let tx = self.ledger.transaction(&user_id, &transaction_id).await?;
+        Ok(Response::new(pb::GetTransactionResponse {
+            transaction: Some(tx.into()),
+        }))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let query = requests::list_transactions(request.into_inner())?;
+        let page = self.ledger.history(query).await?;
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions: page.transactions.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,160 @@
+//! Wire requests -> validated domain requests. Every rule about what a
+//! request may contain lives in `validate.rs`; this file says which rule
+//! applies to which field.
+
+use credit_proto::v1 as pb;
+
+use super::convert::{from_timestamp, from_tx_type};
+use super::validate::Checker;
+use crate::error::LedgerError;
+use crate::ledger::model::{
+    HistoryFilter, HistoryQuery, NewUser, Operation, Usage, WriteRequest,
+};
+
+/// Page size when the caller gives 0 (AIP-158).
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
+/// Larger page sizes are served as this many.
+pub const MAX_PAGE_SIZE: u64 = 1000;
+
+pub fn create_user(req: pb::CreateUserRequest) -> Result<NewUser, LedgerError> {
+    let mut c = Checker::default();
+    let id = c.id("user_id", req.user_id);
+    let email = c.email("email", req.email);
+    let name = c.text("name", req.name).unwrap_or_default();
+    c.finish()?;
+    Ok(NewUser { id, email, name })
+}
+
+/// A request that names only a user.
+pub fn user_id(user_id: String) -> Result<String, LedgerError> {
+    let mut c = Checker::default();
+    let id = c.id("user_id", user_id);
+    c.finish()?;
+    Ok(id)
+}
+
+pub fn top_up(req: pb::TopUpRequest) -> Result<WriteRequest, LedgerError> {
+    let mut c = Checker::default();
+    let write = WriteRequest {
+        user_id: c.id("user_id", req.user_id),
+        operation: Operation::TopUp {
+            amount: c.amount("amount", req.amount),
+        },
+        idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
+        metadata: c.metadata("metadata", req.metadata),
+    };
+    c.finish()?;
+    Ok(write)
+}
+
+pub fn spend(req: pb::SpendRequest) -> Result<WriteRequest, LedgerError> {
+    let mut c = Checker::default();
+    let usage = req.usage.unwrap_or_default();
+    let usage = Usage {
+        graph_exec_id: c.text("usage.graph_exec_id", usage.graph_exec_id),
+        graph_id: c.text("usage.graph_id", usage.graph_id),
+        node_id: c.text("usage.node_id", usage.node_id),
+        node_exec_id: c.text("usage.node_exec_id", usage.node_exec_id),
+        block_id: c.text("usage.block_id", usage.block_id),
+        reason: c.text("usage.reason", usage.reason),
+    };
+    let write = WriteRequest {
+        user_id: c.id("user_id", req.user_id),
+        operation: Operation::Spend {
+            amount: c.amount("amount", req.amount),
+            usage,
+        },
+        idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
+        metadata: c.metadata("metadata", req.metadata),
+    };
+    c.finish()?;
+    Ok(write)
+}
+
+pub fn grant(req: pb::GrantRequest) -> Result<WriteRequest, LedgerError> {
+    let mut c = Checker::default();
+    let write = WriteRequest {
+        user_id: c.id("user_id", req.user_id),
+        operation: Operation::Grant {
+            amount: c.amount("amount", req.amount),
+            reason: c.text("reason", req.reason),
+        },
+        idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
+        metadata: c.metadata("metadata", req.metadata),
+    };
+    c.finish()?;
+    Ok(write)
+}
+
+pub fn refund(req: pb::RefundRequest) -> Result<WriteRequest, LedgerError> {
+    let mut c = Checker::default();
+    let write = WriteRequest {
+        user_id: c.id("user_id", req.user_id),
+        operation: Operation::Refund {
+            transaction_id: c.transaction_id("transaction_id", req.transaction_id),
+            amount: req.amount.map(|a| c.amount("amount", a)),
+            reason: c.text("reason", req.reason),
+        },
+        idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
+        metadata: c.metadata("metadata", req.metadata),
+    };
+    c.finish()?;
+    Ok(write)
+}
+
+pub fn get_transaction(req: pb::GetTransactionRequest) -> Result<(String, String), LedgerError> {
+    let mut c = Checker::default();
+    let user_id = c.id("user_id", req.user_id);
+    let transaction_id = c.transaction_id("transaction_id", req.transaction_id);
+    c.finish()?;
+    Ok((user_id, transaction_id))
+}
+
+pub fn list_transactions(req: pb::ListTransactionsRequest) -> Result<HistoryQuery, LedgerError> {
+    let mut c = Checker::default();
+    let user_id = c.id("user_id", req.user_id);
+    c.require(req.page_size >= 0, "page_size", "must not be negative (0 means the default of 50)");
+    let page_size = match req.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n => (n.max(0) as u64).min(MAX_PAGE_SIZE),
+    };
+    let mut kinds = Vec::new();
+    for (i, value) in req.types.iter().enumerate() {
+        match from_tx_type(*value) {
+            Some(kind) => kinds.push(kind),
+            None => c.require(
+                false,
+                &format!("types[{i}]"),
+                "must be a known transaction type other than TRANSACTION_TYPE_UNSPECIFIED",
+            ),
+        }
+    }
+    let mut time = |field: &str, t: Option<prost_types::Timestamp>| {
+        t.and_then(|t| match from_timestamp(&t) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                c.require(false, field, why);
+                None
+            }
+        })
+    };
+    let created_after = time("created_after", req.created_after);
+    let created_before = time("created_before", req.created_before);
+    if let (Some(a), Some(b)) = (created_after, created_before) {
+        c.require(a < b, "created_before", "must be later than created_after");
+    }
+    let filter = HistoryFilter {
+        kinds,
+        created_after,
+        created_before,
+        graph_exec_id: c.text("graph_exec_id", req.graph_exec_id),
+    };
+    let page_token = (!req.page_token.is_empty()).then_some(req.page_token);
+    c.finish()?;
+    Ok(HistoryQuery {
+        user_id,
+        page_size,
+        page_token,
+        filter,
+    })
+}
