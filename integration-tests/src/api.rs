@@ -27,7 +27,11 @@ pub async fn balance(c: &mut Client, user_id: &str) -> Result<i64, Status> {
     Ok(res.into_inner().balance)
 }
 
-pub async fn top_up(c: &mut Client, user_id: &str, amount: i64) -> Result<pb::TopUpResponse, Status> {
+pub async fn top_up(
+    c: &mut Client,
+    user_id: &str,
+    amount: i64,
+) -> Result<pb::TopUpResponse, Status> {
     top_up_with_key(c, user_id, amount, "").await
 }
 
@@ -48,7 +52,11 @@ pub async fn top_up_with_key(
     Ok(res.into_inner())
 }
 
-pub async fn spend(c: &mut Client, user_id: &str, amount: i64) -> Result<pb::SpendResponse, Status> {
+pub async fn spend(
+    c: &mut Client,
+    user_id: &str,
+    amount: i64,
+) -> Result<pb::SpendResponse, Status> {
     spend_with_key(c, user_id, amount, "").await
 }
 
@@ -74,7 +82,11 @@ pub async fn spend_with_key(
     Ok(res.into_inner())
 }
 
-pub async fn grant(c: &mut Client, user_id: &str, amount: i64) -> Result<pb::GrantResponse, Status> {
+pub async fn grant(
+    c: &mut Client,
+    user_id: &str,
+    amount: i64,
+) -> Result<pb::GrantResponse, Status> {
     let res = c
         .grant(pb::GrantRequest {
             user_id: user_id.to_owned(),
@@ -107,7 +119,10 @@ pub async fn refund(
 }
 
 /// Every transaction of the user, oldest first, following page tokens.
-pub async fn all_transactions(c: &mut Client, user_id: &str) -> Result<Vec<pb::Transaction>, Status> {
+pub async fn all_transactions(
+    c: &mut Client,
+    user_id: &str,
+) -> Result<Vec<pb::Transaction>, Status> {
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -152,12 +167,20 @@ pub fn bad_fields(status: &Status) -> Vec<String> {
 
 /// Asserts a call failed with `code` and ErrorInfo `reason`.
 #[track_caller]
-pub fn assert_error<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, reason_: &str) -> Status {
+pub fn assert_error<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    reason_: &str,
+) -> Status {
     match result {
         Ok(v) => panic!("expected {code:?}/{reason_}, got success: {v:?}"),
         Err(status) => {
             assert_eq!(status.code(), code, "wrong code for {status:?}");
-            assert_eq!(reason(&status).as_deref(), Some(reason_), "wrong reason for {status:?}");
+            assert_eq!(
+                reason(&status).as_deref(),
+                Some(reason_),
+                "wrong reason for {status:?}"
+            );
             status
         }
     }

@@ -50,7 +50,9 @@ impl TestDb {
             return Ok(None);
         };
         let admin = Database::connect(&admin_url).await?;
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
         admin.close().await?;
         let mut url = url::Url::parse(&admin_url)?;
         url.set_path(&format!("/{name}"));

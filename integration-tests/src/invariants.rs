@@ -19,7 +19,10 @@ use crate::{TestServer, api};
 ///   refunded total equals the sum of its refunds.
 ///
 /// Returns the transactions, oldest first.
-pub async fn check_user(server: &TestServer, user_id: &str) -> anyhow::Result<Vec<pb::Transaction>> {
+pub async fn check_user(
+    server: &TestServer,
+    user_id: &str,
+) -> anyhow::Result<Vec<pb::Transaction>> {
     let mut client = server.client().await?;
     let txs = api::all_transactions(&mut client, user_id).await?;
     let balance = api::balance(&mut client, user_id).await?;
@@ -27,16 +30,31 @@ pub async fn check_user(server: &TestServer, user_id: &str) -> anyhow::Result<Ve
         .one(&server.db)
         .await?
         .context("user_balance row missing")?;
-    ensure!(row.balance == balance, "API balance {balance} != table {}", row.balance);
-    ensure!(row.last_sequence == txs.len() as i64, "last_sequence {} != {} transactions", row.last_sequence, txs.len());
+    ensure!(
+        row.balance == balance,
+        "API balance {balance} != table {}",
+        row.balance
+    );
+    ensure!(
+        row.last_sequence == txs.len() as i64,
+        "last_sequence {} != {} transactions",
+        row.last_sequence,
+        txs.len()
+    );
 
     let by_id: std::collections::HashMap<&str, &pb::Transaction> =
         txs.iter().map(|t| (t.transaction_id.as_str(), t)).collect();
     let mut running = row.opening_balance;
     let mut refunded: std::collections::HashMap<&str, i64> = Default::default();
     for (i, tx) in txs.iter().enumerate() {
-        ensure!(tx.sequence == i as i64 + 1, "sequence gap: position {i} has sequence {}", tx.sequence);
-        running = running.checked_add(tx.amount).context("running balance overflow")?;
+        ensure!(
+            tx.sequence == i as i64 + 1,
+            "sequence gap: position {i} has sequence {}",
+            tx.sequence
+        );
+        running = running
+            .checked_add(tx.amount)
+            .context("running balance overflow")?;
         ensure!(
             tx.running_balance == running,
             "sequence {}: running balance {} != {running}",
@@ -54,14 +72,32 @@ pub async fn check_user(server: &TestServer, user_id: &str) -> anyhow::Result<Ve
             tx.r#type
         );
         if tx.r#type == pb::TransactionType::Refund as i32 {
-            *refunded.entry(tx.refunded_transaction_id.as_str()).or_default() += tx.amount.abs();
+            *refunded
+                .entry(tx.refunded_transaction_id.as_str())
+                .or_default() += tx.amount.abs();
         }
     }
-    ensure!(running == balance, "balance {balance} != opening + sum of amounts {running}");
+    ensure!(
+        running == balance,
+        "balance {balance} != opening + sum of amounts {running}"
+    );
     for tx in &txs {
-        let total = refunded.get(tx.transaction_id.as_str()).copied().unwrap_or(0);
-        ensure!(total == tx.refunded_amount, "{}: refunded_amount {} != sum of refunds {total}", tx.transaction_id, tx.refunded_amount);
-        ensure!(total <= tx.amount.abs(), "{}: refunded {total} of {}", tx.transaction_id, tx.amount);
+        let total = refunded
+            .get(tx.transaction_id.as_str())
+            .copied()
+            .unwrap_or(0);
+        ensure!(
+            total == tx.refunded_amount,
+            "{}: refunded_amount {} != sum of refunds {total}",
+            tx.transaction_id,
+            tx.refunded_amount
+        );
+        ensure!(
+            total <= tx.amount.abs(),
+            "{}: refunded {total} of {}",
+            tx.transaction_id,
+            tx.amount
+        );
     }
     Ok(txs)
 }

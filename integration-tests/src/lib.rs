@@ -64,13 +64,22 @@ where
     F: AsyncFnOnce(&TestDb) -> anyhow::Result<()>,
 {
     init_test_logging();
-    let Some(db) = TestDb::create(backend).await.expect("create the test database") else {
-        eprintln!("skipped {name} on {backend:?}: {} is not set", backend.env_var());
+    let Some(db) = TestDb::create(backend)
+        .await
+        .expect("create the test database")
+    else {
+        eprintln!(
+            "skipped {name} on {backend:?}: {} is not set",
+            backend.env_var()
+        );
         return;
     };
     match scenario(&db).await {
         Ok(()) => db.drop_database().await.expect("drop the test database"),
-        Err(err) => panic!("{name} on {backend:?} failed (database kept at {}): {err:?}", db.url),
+        Err(err) => panic!(
+            "{name} on {backend:?} failed (database kept at {}): {err:?}",
+            db.url
+        ),
     }
 }
 
@@ -81,8 +90,14 @@ where
     F: AsyncFnOnce(&TestServer) -> anyhow::Result<()>,
 {
     init_test_logging();
-    let Some(db) = TestDb::create(backend).await.expect("create the test database") else {
-        eprintln!("skipped {name} on {backend:?}: {} is not set", backend.env_var());
+    let Some(db) = TestDb::create(backend)
+        .await
+        .expect("create the test database")
+    else {
+        eprintln!(
+            "skipped {name} on {backend:?}: {} is not set",
+            backend.env_var()
+        );
         return;
     };
     let url = db.url.clone();

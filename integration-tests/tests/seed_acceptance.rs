@@ -16,7 +16,9 @@ ledger_tests!(
 );
 
 async fn balance_row(server: &TestServer, user_id: &str) -> anyhow::Result<i64> {
-    let row = user_balance::Entity::find_by_id(user_id.to_owned()).one(&server.db).await?;
+    let row = user_balance::Entity::find_by_id(user_id.to_owned())
+        .one(&server.db)
+        .await?;
     Ok(row.map(|r| r.balance).unwrap_or(i64::MIN))
 }
 
@@ -25,7 +27,11 @@ async fn top_up_then_spend_lands_in_user_balance_only(server: &TestServer) -> an
     api::create_user(&mut c, "migration-test").await?;
     // The balance column is gone from `user`, so nothing can read or write
     // a stale balance there.
-    ensure!(!SchemaManager::new(&server.db).has_column("user", "balance").await?);
+    ensure!(
+        !SchemaManager::new(&server.db)
+            .has_column("user", "balance")
+            .await?
+    );
 
     let top_up = api::top_up(&mut c, "migration-test", 1000).await?;
     ensure!(top_up.balance == 1000);
@@ -37,7 +43,11 @@ async fn top_up_then_spend_lands_in_user_balance_only(server: &TestServer) -> an
     ensure!(tx.amount == -300 && tx.running_balance == 700 && tx.sequence == 2);
     ensure!(api::balance(&mut c, "migration-test").await? == 700);
     ensure!(balance_row(server, "migration-test").await? == 700);
-    ensure!(!SchemaManager::new(&server.db).has_column("user", "balance").await?);
+    ensure!(
+        !SchemaManager::new(&server.db)
+            .has_column("user", "balance")
+            .await?
+    );
     invariants::check_user(server, "migration-test").await?;
     Ok(())
 }
@@ -72,9 +82,12 @@ async fn three_parallel_spends_from_separate_clients(server: &TestServer) -> any
     api::top_up(&mut c, "concurrent-userbalance-test", 1000).await?;
 
     let clients = server.clients(3).await?;
-    let spends = clients.into_iter().zip([100, 200, 300]).map(|(mut c, amount)| async move {
-        api::spend(&mut c, "concurrent-userbalance-test", amount).await
-    });
+    let spends = clients
+        .into_iter()
+        .zip([100, 200, 300])
+        .map(|(mut c, amount)| async move {
+            api::spend(&mut c, "concurrent-userbalance-test", amount).await
+        });
     let results = join_all(spends).await;
     for r in &results {
         ensure!(r.is_ok(), "a spend failed: {r:?}");

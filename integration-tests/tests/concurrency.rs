@@ -1,0 +1,143 @@
+//! Many clients at once on one balance: no spend takes it below zero, no
+//! write is lost, including the very first writes of a new user.
+
+use anyhow::ensure;
+use futures::future::join_all;
+use integration_tests::{TestServer, api, invariants, ledger_tests};
+use tonic::Code;
+
+ledger_tests!(
+    ten_parallel_spends_of_100_from_500,
+    two_spends_of_100_from_100,
+    first_writes_in_parallel_lose_nothing,
+    users_do_not_interfere,
+);
+
+/// Runs `n` spends of `amount` on `user` from `n` separate clients and
+/// returns (successes, insufficient-balance failures).
+async fn parallel_spends(
+    server: &TestServer,
+    user: &str,
+    n: usize,
+    amount: i64,
+) -> anyhow::Result<(usize, usize)> {
+    let clients = server.clients(n).await?;
+    let results = join_all(
+        clients
+            .into_iter()
+            .map(|mut c| async move { api::spend(&mut c, user, amount).await }),
+    )
+    .await;
+    let mut ok = 0;
+    let mut insufficient = 0;
+    for r in results {
+        match r {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                ensure!(
+                    status.code() == Code::FailedPrecondition,
+                    "unexpected {status:?}"
+                );
+                ensure!(api::reason(&status).as_deref() == Some("INSUFFICIENT_BALANCE"));
+                insufficient += 1;
+            }
+        }
+    }
+    Ok((ok, insufficient))
+}
+
+async fn ten_parallel_spends_of_100_from_500(server: &TestServer) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    api::create_user(&mut c, "u").await?;
+    api::top_up(&mut c, "u", 500).await?;
+    let (ok, insufficient) = parallel_spends(server, "u", 10, 100).await?;
+    ensure!(
+        ok == 5 && insufficient == 5,
+        "{ok} succeeded, {insufficient} insufficient"
+    );
+    ensure!(api::balance(&mut c, "u").await? == 0);
+    let txs = invariants::check_user(server, "u").await?;
+    ensure!(
+        txs.len() == 6,
+        "one top-up and five spends, got {}",
+        txs.len()
+    );
+    Ok(())
+}
+
+async fn two_spends_of_100_from_100(server: &TestServer) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    api::create_user(&mut c, "u").await?;
+    api::top_up(&mut c, "u", 100).await?;
+    let (ok, insufficient) = parallel_spends(server, "u", 2, 100).await?;
+    ensure!(
+        ok == 1 && insufficient == 1,
+        "{ok} succeeded, {insufficient} insufficient"
+    );
+    ensure!(api::balance(&mut c, "u").await? == 0);
+    invariants::check_user(server, "u").await?;
+    Ok(())
+}
+
+/// The flaw of the system we started from: concurrent first writes upserted
+/// over a missing balance row and overwrote each other's credit.
+async fn first_writes_in_parallel_lose_nothing(server: &TestServer) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    let users: Vec<String> = (0..5).map(|i| format!("fresh-{i}")).collect();
+    for u in &users {
+        api::create_user(&mut c, u).await?;
+    }
+    let clients = server.clients(40).await?;
+    let writes = clients.into_iter().enumerate().map(|(i, mut c)| {
+        let user = users[i % users.len()].clone();
+        let amount = i as i64 + 1;
+        async move {
+            if i % 2 == 0 {
+                api::top_up(&mut c, &user, amount).await.map(|_| ())
+            } else {
+                api::grant(&mut c, &user, amount).await.map(|_| ())
+            }
+        }
+    });
+    for r in join_all(writes).await {
+        r?;
+    }
+    for (k, u) in users.iter().enumerate() {
+        let expected: i64 = (0..40)
+            .filter(|i| i % users.len() == k)
+            .map(|i| i as i64 + 1)
+            .sum();
+        let got = api::balance(&mut c, u).await?;
+        ensure!(got == expected, "{u}: balance {got}, expected {expected}");
+        let txs = invariants::check_user(server, u).await?;
+        ensure!(txs.len() == 8);
+    }
+    Ok(())
+}
+
+/// Spends on one user's empty balance fail without touching another's.
+async fn users_do_not_interfere(server: &TestServer) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    api::create_user(&mut c, "rich").await?;
+    api::create_user(&mut c, "poor").await?;
+    api::top_up(&mut c, "rich", 1000).await?;
+    let clients = server.clients(20).await?;
+    let calls = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| async move {
+            let user = if i % 2 == 0 { "rich" } else { "poor" };
+            (user, api::spend(&mut c, user, 10).await)
+        });
+    for (user, r) in join_all(calls).await {
+        match user {
+            "rich" => ensure!(r.is_ok(), "rich spend failed: {r:?}"),
+            _ => ensure!(r.is_err(), "poor spend succeeded"),
+        }
+    }
+    ensure!(api::balance(&mut c, "rich").await? == 900);
+    ensure!(api::balance(&mut c, "poor").await? == 0);
+    invariants::check_user(server, "rich").await?;
+    invariants::check_user(server, "poor").await?;
+    Ok(())
+}
