@@ -12,7 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut compiler = protox::Compiler::new(["."])?;
     compiler.include_imports(true).open_files(api)?;
-    fs::write(out.join("credit_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    fs::write(
+        out.join("credit_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
@@ -25,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     details
         .include_imports(true)
         .open_files(["google/rpc/error_details.proto", "google/rpc/status.proto"])?;
-    fs::write(out.join("google_rpc_descriptor.bin"), details.encode_file_descriptor_set())?;
+    fs::write(
+        out.join("google_rpc_descriptor.bin"),
+        details.encode_file_descriptor_set(),
+    )?;
     Ok(())
 }

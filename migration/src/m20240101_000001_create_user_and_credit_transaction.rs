@@ -65,8 +65,14 @@ impl MigrationTrait for Migration {
         // sequence has no duplicates; both are the last line of defence
         // behind the row lock.
         for (name, [first, second]) in [
-            ("ux_credit_transaction_user_key", [Tx::UserId, Tx::IdempotencyKey]),
-            ("ux_credit_transaction_user_sequence", [Tx::UserId, Tx::Sequence]),
+            (
+                "ux_credit_transaction_user_key",
+                [Tx::UserId, Tx::IdempotencyKey],
+            ),
+            (
+                "ux_credit_transaction_user_sequence",
+                [Tx::UserId, Tx::Sequence],
+            ),
         ] {
             manager
                 .create_index(
@@ -81,18 +87,35 @@ impl MigrationTrait for Migration {
                 .await?;
         }
         for (name, [first, second]) in [
-            ("ix_credit_transaction_user_created", [Tx::UserId, Tx::CreatedAt]),
-            ("ix_credit_transaction_user_graph_exec", [Tx::UserId, Tx::GraphExecId]),
+            (
+                "ix_credit_transaction_user_created",
+                [Tx::UserId, Tx::CreatedAt],
+            ),
+            (
+                "ix_credit_transaction_user_graph_exec",
+                [Tx::UserId, Tx::GraphExecId],
+            ),
         ] {
             manager
-                .create_index(Index::create().name(name).table(Tx::Table).col(first).col(second).to_owned())
+                .create_index(
+                    Index::create()
+                        .name(name)
+                        .table(Tx::Table)
+                        .col(first)
+                        .col(second)
+                        .to_owned(),
+                )
                 .await?;
         }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(Tx::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(User::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(Tx::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(User::Table).to_owned())
+            .await
     }
 }

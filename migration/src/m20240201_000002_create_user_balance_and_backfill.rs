@@ -9,10 +9,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{DbBackend, Statement, Value};
 
-use crate::columns::{
-    ID_LEN, User, UserBalance, credits, quoted_user_table, text,
-    timestamp,
-};
+use crate::columns::{ID_LEN, User, UserBalance, credits, quoted_user_table, text, timestamp};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -74,4 +71,3 @@ fn placeholder(backend: DbBackend, n: usize) -> String {
         _ => "?".to_owned(),
     }
 }
-

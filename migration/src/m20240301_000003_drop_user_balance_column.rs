@@ -13,7 +13,12 @@ pub struct Migration;
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .alter_table(Table::alter().table(User::Table).drop_column(User::Balance).to_owned())
+            .alter_table(
+                Table::alter()
+                    .table(User::Table)
+                    .drop_column(User::Balance)
+                    .to_owned(),
+            )
             .await
     }
 

@@ -8,7 +8,11 @@
 pub mod credit {
     /// Version 1 of the credit API.
     pub mod v1 {
-        #![allow(missing_docs, clippy::doc_lazy_continuation, clippy::large_enum_variant)]
+        #![allow(
+            missing_docs,
+            clippy::doc_lazy_continuation,
+            clippy::large_enum_variant
+        )]
         tonic::include_proto!("credit.v1");
     }
 }

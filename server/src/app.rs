@@ -35,8 +35,12 @@ pub async fn serve(
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
-        health.set_not_serving::<CreditServiceServer<CreditApi>>().await;
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_not_serving::<CreditServiceServer<CreditApi>>()
+            .await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
     };
 
     Server::builder()

@@ -14,7 +14,11 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Database URL: sqlite://FILE?mode=rwc, postgres://... or mysql://...
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://credits.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://credits.db?mode=rwc"
+    )]
     pub database_url: String,
 
     /// Log output format (the level comes from RUST_LOG, default info).
@@ -42,7 +46,11 @@ pub enum LogFormat {
 #[derive(clap::Args, Debug, Clone)]
 pub struct PoolSettings {
     /// Most database connections the server opens.
-    #[arg(long = "db-max-connections", env = "CREDIT_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long = "db-max-connections",
+        env = "CREDIT_DB_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
     pub max_connections: u32,
 
     /// Milliseconds a request waits for a free database connection before

@@ -17,8 +17,15 @@ async fn main() -> anyhow::Result<()> {
 
     let database = db::connect(&config.database_url, &config.pool)
         .await
-        .with_context(|| format!("cannot open the database at {}", redact(&config.database_url)))?;
-    db::migrate(&database).await.context("cannot migrate the database")?;
+        .with_context(|| {
+            format!(
+                "cannot open the database at {}",
+                redact(&config.database_url)
+            )
+        })?;
+    db::migrate(&database)
+        .await
+        .context("cannot migrate the database")?;
 
     let listener = TcpListener::bind(config.listen)
         .await

@@ -65,7 +65,8 @@ impl Ledger {
             select = select.filter(ctx::Column::Sequence.lt(before));
         }
         if !filter.kinds.is_empty() {
-            select = select.filter(ctx::Column::Type.is_in(filter.kinds.iter().map(|k| k.as_str())));
+            select =
+                select.filter(ctx::Column::Type.is_in(filter.kinds.iter().map(|k| k.as_str())));
         }
         if let Some(after) = filter.created_after {
             select = select.filter(ctx::Column::CreatedAt.gte(after));

@@ -21,7 +21,10 @@ impl TryFrom<credit_transaction::Model> for Transaction {
 
     fn try_from(row: credit_transaction::Model) -> Result<Self, LedgerError> {
         let kind = TxKind::parse(&row.r#type).ok_or_else(|| {
-            LedgerError::Internal(format!("transaction {} has unknown type {:?}", row.id, row.r#type))
+            LedgerError::Internal(format!(
+                "transaction {} has unknown type {:?}",
+                row.id, row.r#type
+            ))
         })?;
         let metadata = row
             .metadata
@@ -85,7 +88,10 @@ pub fn to_row(tx: &Transaction, fingerprint: String) -> credit_transaction::Mode
         node_exec_id: usage.node_exec_id,
         block_id: usage.block_id,
         reason,
-        metadata: tx.metadata.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string()),
+        metadata: tx
+            .metadata
+            .as_ref()
+            .map(|m| serde_json::Value::Object(m.clone()).to_string()),
         created_at: tx.created_at,
     }
 }

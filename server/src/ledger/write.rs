@@ -137,7 +137,9 @@ async fn apply<C: ConnectionTrait>(
             .exec(db)
             .await?;
         if updated.rows_affected != 1 {
-            return Err(LedgerError::Conflict(format!("refunded total of {target} changed")));
+            return Err(LedgerError::Conflict(format!(
+                "refunded total of {target} changed"
+            )));
         }
     }
 

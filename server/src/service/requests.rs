@@ -7,9 +7,7 @@ use credit_proto::v1 as pb;
 use super::convert::{from_timestamp, from_tx_type};
 use super::validate::Checker;
 use crate::error::LedgerError;
-use crate::ledger::model::{
-    HistoryFilter, HistoryQuery, NewUser, Operation, Usage, WriteRequest,
-};
+use crate::ledger::model::{HistoryFilter, HistoryQuery, NewUser, Operation, Usage, WriteRequest};
 
 /// Page size when the caller gives 0 (AIP-158).
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
@@ -113,7 +111,11 @@ pub fn get_transaction(req: pb::GetTransactionRequest) -> Result<(String, String
 pub fn list_transactions(req: pb::ListTransactionsRequest) -> Result<HistoryQuery, LedgerError> {
     let mut c = Checker::default();
     let user_id = c.id("user_id", req.user_id);
-    c.require(req.page_size >= 0, "page_size", "must not be negative (0 means the default of 50)");
+    c.require(
+        req.page_size >= 0,
+        "page_size",
+        "must not be negative (0 means the default of 50)",
+    );
     let page_size = match req.page_size {
         0 => DEFAULT_PAGE_SIZE,
         n => (n.max(0) as u64).min(MAX_PAGE_SIZE),

@@ -24,7 +24,8 @@ pub struct Checker {
 
 impl Checker {
     fn fail(&mut self, field: &str, description: impl Into<String>) {
-        self.violations.push(FieldViolation::new(field, description));
+        self.violations
+            .push(FieldViolation::new(field, description));
     }
 
     /// A required identifier: 1 to 128 characters, no control characters,
@@ -50,7 +51,10 @@ impl Checker {
     fn id_shape(&mut self, field: &str, value: &str) {
         let chars = value.chars().count();
         if chars > MAX_ID_CHARS {
-            self.fail(field, format!("must be at most {MAX_ID_CHARS} characters, got {chars}"));
+            self.fail(
+                field,
+                format!("must be at most {MAX_ID_CHARS} characters, got {chars}"),
+            );
         } else if value.chars().any(char::is_control) {
             self.fail(field, "must not contain control characters");
         } else if value.trim() != value {
@@ -63,7 +67,10 @@ impl Checker {
         if value.is_empty() {
             self.fail(field, "is required");
         } else if uuid::Uuid::try_parse(&value).is_err() {
-            self.fail(field, "must be a transaction id returned by this service (a UUID)");
+            self.fail(
+                field,
+                "must be a transaction id returned by this service (a UUID)",
+            );
         }
         value
     }
@@ -72,7 +79,10 @@ impl Checker {
     pub fn text(&mut self, field: &str, value: String) -> Option<String> {
         let chars = value.chars().count();
         if chars > MAX_TEXT_CHARS {
-            self.fail(field, format!("must be at most {MAX_TEXT_CHARS} characters, got {chars}"));
+            self.fail(
+                field,
+                format!("must be at most {MAX_TEXT_CHARS} characters, got {chars}"),
+            );
         }
         (!value.is_empty()).then_some(value)
     }
@@ -95,7 +105,10 @@ impl Checker {
         if email.is_empty() {
             self.fail(field, "is required");
         } else if chars > MAX_EMAIL_CHARS {
-            self.fail(field, format!("must be at most {MAX_EMAIL_CHARS} characters, got {chars}"));
+            self.fail(
+                field,
+                format!("must be at most {MAX_EMAIL_CHARS} characters, got {chars}"),
+            );
         } else if !well_formed {
             self.fail(field, "must be an email address like name@example.com");
         }
@@ -122,7 +135,9 @@ impl Checker {
                 return None;
             }
         };
-        let bytes = serde_json::Value::Object(metadata.clone()).to_string().len();
+        let bytes = serde_json::Value::Object(metadata.clone())
+            .to_string()
+            .len();
         if bytes > MAX_METADATA_BYTES {
             self.fail(
                 field,
