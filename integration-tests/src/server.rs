@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 
-use credit_server::config::PoolSettings;
+use credit_server::config::{DEFAULT_WRITE_SLOTS, PoolSettings};
+use credit_server::ledger::Ledger;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -29,7 +30,8 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(credit_server::app::serve(listener, db.clone(), async {
+        let ledger = Ledger::new(db.clone(), DEFAULT_WRITE_SLOTS);
+        let task = tokio::spawn(credit_server::app::serve(listener, ledger, async {
             let _ = rx.await;
         }));
         Ok(TestServer {

@@ -3,7 +3,6 @@
 use std::future::Future;
 
 use credit_proto::v1::credit_service_server::CreditServiceServer;
-use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
@@ -15,14 +14,14 @@ use crate::service::CreditApi;
 /// Serves on `listener` until `shutdown` resolves, then turns health to
 /// NOT_SERVING, refuses new calls and lets in-flight calls finish.
 ///
-/// The database must be reachable and migrated (health says SERVING from
-/// the first call).
+/// The ledger's database must be reachable and migrated (health says
+/// SERVING from the first call).
 pub async fn serve(
     listener: TcpListener,
-    db: DatabaseConnection,
+    ledger: Ledger,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let api = CreditServiceServer::new(CreditApi::new(Ledger::new(db)));
+    let api = CreditServiceServer::new(CreditApi::new(ledger));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CreditServiceServer<CreditApi>>().await;

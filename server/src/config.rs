@@ -28,10 +28,20 @@ pub struct Config {
     #[command(flatten)]
     pub pool: PoolSettings,
 
+    /// Most concurrent write transactions (PostgreSQL/MySQL; SQLite has one
+    /// writer). Writes that arrive while they are busy share the next
+    /// transaction (group commit).
+    #[arg(long, env = "CREDIT_WRITE_SLOTS", default_value_t = DEFAULT_WRITE_SLOTS)]
+    pub write_slots: usize,
+
     /// Seconds to let in-flight calls finish after SIGINT/SIGTERM.
     #[arg(long, env = "CREDIT_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 }
+
+/// Default number of concurrent write transactions: enough to keep the
+/// database busy, few enough that each gathers a batch under load.
+pub const DEFAULT_WRITE_SLOTS: usize = 8;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use credit_server::config::{Config, LogFormat};
+use credit_server::ledger::Ledger;
 use credit_server::{app, db};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -38,7 +39,8 @@ async fn main() -> anyhow::Result<()> {
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app::serve(listener, database.clone(), async move {
+    let ledger = Ledger::new(database.clone(), config.write_slots);
+    let server = tokio::spawn(app::serve(listener, ledger, async move {
         shutdown_signal().await;
         let _ = stopped_tx.send(());
     }));

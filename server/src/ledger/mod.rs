@@ -2,11 +2,14 @@
 //! locks the user's `user_balance` row first (see `write.rs` for why that is
 //! correct); reads never lock. No gRPC types here.
 
+mod batch;
 mod fingerprint;
+mod group_commit;
 mod history;
 pub mod model;
 mod page_token;
 mod rows;
+mod rules;
 mod users;
 mod write;
 
@@ -20,10 +23,46 @@ use sea_orm::{
 use tokio::sync::Mutex;
 
 use crate::error::LedgerError;
+use group_commit::GroupCommit;
 
-/// The ledger over one database. Cheap to clone; clones share the pool.
+/// The ledger over one database. Cheap to clone; clones share the pool and
+/// the write queue.
 #[derive(Clone)]
 pub struct Ledger {
+    store: Store,
+    writer: GroupCommit,
+}
+
+impl Ledger {
+    /// A ledger whose writes share at most `write_slots` concurrent database
+    /// transactions (SQLite always uses one: it has a single writer). Must be
+    /// called inside a tokio runtime.
+    pub fn new(db: DatabaseConnection, write_slots: usize) -> Self {
+        let sqlite = db.get_database_backend() == DbBackend::Sqlite;
+        let store = Store {
+            db,
+            sqlite_writer: sqlite.then(|| Arc::new(Mutex::new(()))),
+        };
+        let slots = if sqlite { 1 } else { write_slots };
+        Self {
+            writer: GroupCommit::start(store.clone(), slots),
+            store,
+        }
+    }
+
+    /// The underlying connection pool.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.store.db
+    }
+
+    fn writer(&self) -> &GroupCommit {
+        &self.writer
+    }
+}
+
+/// The database and the way write transactions start on it.
+#[derive(Clone)]
+struct Store {
     db: DatabaseConnection,
     /// SQLite has a single writer per database file. Queueing this process's
     /// writers here, instead of in SQLite's sleeping busy handler, keeps
@@ -32,18 +71,7 @@ pub struct Ledger {
     sqlite_writer: Option<Arc<Mutex<()>>>,
 }
 
-impl Ledger {
-    pub fn new(db: DatabaseConnection) -> Self {
-        let sqlite_writer =
-            (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Self { db, sqlite_writer }
-    }
-
-    /// The underlying connection pool.
-    pub fn db(&self) -> &DatabaseConnection {
-        &self.db
-    }
-
+impl Store {
     fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }

@@ -30,7 +30,7 @@ impl Ledger {
             last_sequence: 0,
             updated_at: created_at,
         };
-        let txn = self.begin_write().await?;
+        let txn = self.store.begin_write().await?;
         let inserted = async {
             user::Entity::insert(row.clone().into_active_model())
                 .exec_without_returning(&txn.txn)

@@ -1,0 +1,158 @@
+//! The service side: gRPC channels, the calls of each operation, and seeding
+//! users through the API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::Context;
+use credit_proto::v1 as pb;
+use credit_proto::v1::credit_service_client::CreditServiceClient;
+use futures::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::progress::Progress;
+use crate::workload::{HISTORY_PAGE, Op, SEED_BALANCE, SPEND_AMOUNT, TOP_UP_AMOUNT};
+
+pub type Client = CreditServiceClient<Channel>;
+
+/// `count` HTTP/2 connections to `endpoint`. Each `Channel` is one
+/// connection; clients cloned from it multiplex over it.
+pub async fn connect(endpoint: &str, count: usize) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .with_context(|| format!("bad server address {endpoint}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {endpoint}"))?;
+        clients.push(CreditServiceClient::new(channel));
+    }
+    Ok(clients)
+}
+
+/// Performs one operation; the error is the gRPC code's name.
+pub async fn call(client: &mut Client, op: Op, user: &str) -> Result<(), String> {
+    let user_id = user.to_owned();
+    let result = match op {
+        Op::Spend => client
+            .spend(pb::SpendRequest {
+                user_id,
+                amount: SPEND_AMOUNT,
+                idempotency_key: fresh_key(),
+                usage: Some(pb::UsageDetails {
+                    graph_exec_id: "bench".to_owned(),
+                    reason: "bench spend".to_owned(),
+                    ..Default::default()
+                }),
+                metadata: None,
+            })
+            .await
+            .map(drop),
+        Op::TopUp => client
+            .top_up(pb::TopUpRequest {
+                user_id,
+                amount: TOP_UP_AMOUNT,
+                idempotency_key: fresh_key(),
+                metadata: None,
+            })
+            .await
+            .map(drop),
+        Op::Read => client
+            .get_balance(pb::GetBalanceRequest { user_id })
+            .await
+            .map(drop),
+        Op::History => client
+            .list_transactions(pb::ListTransactionsRequest {
+                user_id,
+                page_size: HISTORY_PAGE,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    };
+    result.map_err(|status| code_name(status.code()))
+}
+
+/// A unique idempotency key: every benchmark call is a new request.
+pub fn fresh_key() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// `FailedPrecondition` -> `FAILED_PRECONDITION`, as gRPC spells codes.
+pub fn code_name(code: tonic::Code) -> String {
+    let camel = format!("{code:?}");
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// Creates `users` and tops each up with the seed balance, `concurrency`
+/// at a time. The top-up's fixed key makes a re-run of the seed harmless.
+pub async fn seed_users(
+    clients: &[Client],
+    users: &[String],
+    concurrency: usize,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let results = futures::stream::iter(0..concurrency.max(1))
+        .map(|worker| {
+            let mut client = clients[worker % clients.len()].clone();
+            let next = next.clone();
+            async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(user) = users.get(i) else {
+                        return anyhow::Ok(());
+                    };
+                    seed_one(&mut client, user).await?;
+                    progress.inc(1);
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn seed_one(client: &mut Client, user: &str) -> anyhow::Result<()> {
+    client
+        .create_user(pb::CreateUserRequest {
+            user_id: user.to_owned(),
+            email: format!("{user}@bench.example"),
+            name: "bench".to_owned(),
+        })
+        .await
+        .with_context(|| format!("CreateUser {user}"))?;
+    client
+        .top_up(pb::TopUpRequest {
+            user_id: user.to_owned(),
+            amount: SEED_BALANCE,
+            idempotency_key: "bench-seed".to_owned(),
+            metadata: None,
+        })
+        .await
+        .with_context(|| format!("TopUp {user}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names() {
+        assert_eq!(
+            code_name(tonic::Code::FailedPrecondition),
+            "FAILED_PRECONDITION"
+        );
+        assert_eq!(code_name(tonic::Code::Unavailable), "UNAVAILABLE");
+    }
+}
