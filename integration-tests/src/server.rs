@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use credit_server::app::ServeOptions;
 use credit_server::config::{DEFAULT_WRITE_SLOTS, PoolSettings};
 use credit_server::ledger::Ledger;
 use sea_orm::DatabaseConnection;
@@ -25,13 +26,18 @@ pub struct TestServer {
 impl TestServer {
     /// Connects to `url`, migrates, and serves on `127.0.0.1:0`.
     pub async fn start(url: &str) -> anyhow::Result<TestServer> {
+        Self::start_with(url, ServeOptions::default()).await
+    }
+
+    /// Like [`start`](Self::start), with keys, TLS or limits.
+    pub async fn start_with(url: &str, options: ServeOptions) -> anyhow::Result<TestServer> {
         let db = credit_server::db::connect(url, &PoolSettings::default()).await?;
         credit_server::db::migrate(&db).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();
         let ledger = Ledger::new(db.clone(), DEFAULT_WRITE_SLOTS);
-        let task = tokio::spawn(credit_server::app::serve(listener, ledger, async {
+        let task = tokio::spawn(credit_server::app::serve(listener, ledger, options, async {
             let _ = rx.await;
         }));
         Ok(TestServer {

@@ -1,31 +1,86 @@
-//! The gRPC server: the credit service, health and reflection on one port.
+//! The gRPC server: the credit service (behind the gate), health and
+//! reflection on one port, with the limits and TLS of [`ServeOptions`].
 
 use std::future::Future;
+use std::time::Duration;
 
 use credit_proto::v1::credit_service_server::CreditServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
+use crate::auth::KeyRing;
+use crate::gate::{GateConfig, GateLayer};
 use crate::ledger::Ledger;
 use crate::service::CreditApi;
+
+/// Everything about serving that is not the ledger itself.
+pub struct ServeOptions {
+    /// `None`: no authentication (the binary allows that on loopback only).
+    pub keys: Option<KeyRing>,
+    pub tls: Option<ServerTlsConfig>,
+    pub limits: Limits,
+    /// How often to check the database for the health service.
+    pub health_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            keys: None,
+            tls: None,
+            limits: Limits::default(),
+            health_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request message.
+    pub max_message_bytes: usize,
+    /// Largest request metadata (HTTP/2 header list).
+    pub max_header_bytes: u32,
+    /// A call not finished by then is answered with an error (the client's
+    /// own `grpc-timeout` applies when shorter).
+    pub request_timeout: Duration,
+    /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 1024,
+        }
+    }
+}
 
 /// Serves on `listener` until `shutdown` resolves, then turns health to
 /// NOT_SERVING, refuses new calls and lets in-flight calls finish.
 ///
-/// The ledger's database must be reachable and migrated (health says
-/// SERVING from the first call).
+/// The ledger's database must be reachable and migrated; afterwards health
+/// follows the database (NOT_SERVING while it cannot be reached).
 pub async fn serve(
     listener: TcpListener,
     ledger: Ledger,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let api = CreditServiceServer::new(CreditApi::new(ledger));
+    let limits = options.limits;
+    let db = ledger.db().clone();
+    let api = CreditServiceServer::new(CreditApi::new(ledger))
+        .max_decoding_message_size(limits.max_message_bytes);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<CreditServiceServer<CreditApi>>().await;
-    health.set_service_status("", ServingStatus::Serving).await;
+    set_health(&health, ServingStatus::Serving).await;
+    let watcher = tokio::spawn(watch_database(db, health.clone(), options.health_interval));
 
     // v1 and v1alpha: older grpcurl releases speak only v1alpha.
     let reflection_v1 = reflection().build_v1()?;
@@ -34,15 +89,21 @@ pub async fn serve(
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
-        health
-            .set_not_serving::<CreditServiceServer<CreditApi>>()
-            .await;
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        watcher.abort();
+        set_health(&health, ServingStatus::NotServing).await;
     };
 
-    Server::builder()
+    let mut builder = Server::builder()
+        .timeout(limits.request_timeout)
+        .http2_max_header_list_size(limits.max_header_bytes);
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
+        .layer(GateLayer::new(GateConfig {
+            keys: options.keys,
+            max_concurrent: limits.max_concurrent_requests,
+        }))
         .add_service(api)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -50,6 +111,39 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health
+        .set_service_status("credit.v1.CreditService", status)
+        .await;
+    health.set_service_status("", status).await;
+}
+
+/// Keeps health in step with the database: NOT_SERVING while a ping fails,
+/// SERVING again once it answers.
+async fn watch_database(
+    db: sea_orm::DatabaseConnection,
+    health: HealthReporter,
+    interval: Duration,
+) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(interval).await;
+        let up = tokio::time::timeout(interval, db.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if up != serving {
+            serving = up;
+            if up {
+                tracing::info!("database reachable again: SERVING");
+                set_health(&health, ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("database unreachable: NOT_SERVING");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        }
+    }
 }
 
 /// Reflection over our API, the google.rpc error details (so clients can

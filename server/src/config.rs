@@ -1,13 +1,48 @@
 //! Start-up settings: command-line flags, each with an environment fallback.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
-/// The credit ledger gRPC service.
+use crate::app::Limits;
+
+/// The credit ledger gRPC service. Without a subcommand it serves.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "credit-server", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// What to do instead of serving.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Check the ledger's invariants (for every user, or one) and exit
+    /// non-zero on any violation.
+    Verify {
+        /// Check only this user.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Make a new random API key; prints the key (give it to the caller) and
+    /// the line to put in the keys file (the server stores only its hash).
+    NewKey {
+        /// A name for the key, shown in logs.
+        #[arg(long)]
+        name: String,
+        /// reader, service or admin.
+        #[arg(long, value_parser = crate::auth::parse_role)]
+        role: crate::auth::Role,
+    },
+}
+
+/// Serving settings.
+#[derive(clap::Args, Debug, Clone)]
 pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "CREDIT_LISTEN", default_value = "127.0.0.1:50051")]
@@ -33,6 +68,12 @@ pub struct Config {
     /// transaction (group commit).
     #[arg(long, env = "CREDIT_WRITE_SLOTS", default_value_t = DEFAULT_WRITE_SLOTS)]
     pub write_slots: usize,
+
+    #[command(flatten)]
+    pub security: SecuritySettings,
+
+    #[command(flatten)]
+    pub limits: LimitSettings,
 
     /// Seconds to let in-flight calls finish after SIGINT/SIGTERM.
     #[arg(long, env = "CREDIT_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
@@ -85,5 +126,95 @@ impl Default for PoolSettings {
 impl PoolSettings {
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+/// Who may call, and how the connection is protected.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SecuritySettings {
+    /// File of API keys, one `NAME ROLE sha256:HEX` per line (see
+    /// `credit-server new-key`).
+    #[arg(long, env = "CREDIT_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// API keys as `NAME ROLE sha256:HEX` entries separated by commas.
+    #[arg(long, env = "CREDIT_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// Allow listening on a non-loopback address without API keys.
+    #[arg(long, env = "CREDIT_INSECURE")]
+    pub insecure: bool,
+
+    /// PEM certificate chain: serve TLS (with --tls-key).
+    #[arg(long, env = "CREDIT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CREDIT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): require client certificates signed by them.
+    #[arg(long, env = "CREDIT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// Request limits.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LimitSettings {
+    /// Largest request message in bytes.
+    #[arg(long, env = "CREDIT_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Largest request metadata (all headers) in bytes.
+    #[arg(long, env = "CREDIT_MAX_METADATA_BYTES", default_value_t = 16 * 1024)]
+    pub max_metadata_bytes: u32,
+
+    /// Milliseconds a call may take before it is cut off.
+    #[arg(long, env = "CREDIT_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CREDIT_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+}
+
+impl LimitSettings {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_header_bytes: self.max_metadata_bytes,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_concurrent_requests: self.max_concurrent_requests,
+        }
+    }
+}
+
+/// The safe default: without API keys every caller is an admin, so the
+/// server listens only on loopback unless told `--insecure`.
+pub fn check_exposure(listen: SocketAddr, has_keys: bool, insecure: bool) -> Result<(), String> {
+    if has_keys || insecure || listen.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to listen on {listen} without API keys: anyone who can reach it could \
+             grant credits. Configure --api-keys-file (see `credit-server new-key`), listen on \
+             127.0.0.1, or pass --insecure"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_servers_stay_on_loopback() {
+        let public: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        assert!(check_exposure(public, false, false).is_err());
+        assert!(check_exposure(public, true, false).is_ok());
+        assert!(check_exposure(public, false, true).is_ok());
+        assert!(check_exposure(local, false, false).is_ok());
+        assert!(check_exposure("[::1]:1".parse().unwrap(), false, false).is_ok());
     }
 }

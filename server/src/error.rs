@@ -59,6 +59,8 @@ pub enum LedgerError {
         remaining: i64,
         requested: i64,
     },
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("a concurrent write conflicted with this one; retry with the same idempotency key")]
     Conflict(String),
     #[error("the database is unavailable: {0}")]
@@ -154,6 +156,7 @@ impl From<LedgerError> for Status {
             LedgerError::RefundExceedsOriginal { .. } => {
                 (Code::FailedPrecondition, "REFUND_EXCEEDS_ORIGINAL")
             }
+            LedgerError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
             LedgerError::Conflict(_) => (Code::Aborted, "CONFLICT"),
             LedgerError::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
             LedgerError::Internal(_) => (Code::Internal, "INTERNAL"),

@@ -2,9 +2,11 @@
 //! integration tests start it through [`app::serve`].
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod entity;
 pub mod error;
+pub mod gate;
 pub mod ledger;
 pub mod service;

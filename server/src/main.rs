@@ -1,20 +1,51 @@
 //! `credit-server`: connects to the database, applies pending migrations and
-//! serves gRPC until SIGINT/SIGTERM.
+//! serves gRPC until SIGINT/SIGTERM. `verify` and `new-key` are one-shot
+//! subcommands.
 
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
-use credit_server::config::{Config, LogFormat};
+use credit_server::app::{self, ServeOptions};
+use credit_server::auth::{KeyRing, key_line};
+use credit_server::config::{Cli, Command, Config, LogFormat, SecuritySettings, check_exposure};
+use credit_server::db;
 use credit_server::ledger::Ledger;
-use credit_server::{app, db};
 use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    init_logging(config.log_format);
+    let cli = Cli::parse();
+    init_logging(cli.config.log_format);
+    match cli.command {
+        None => serve(cli.config).await,
+        Some(Command::NewKey { name, role }) => {
+            let key = format!(
+                "ck_{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            println!("key (give this to the caller; it is not stored): {key}");
+            println!("keys file line: {}", key_line(&name, role, &key));
+            Ok(())
+        }
+        Some(Command::Verify { user }) => verify(&cli.config, user.as_deref()).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let keys = load_keys(&config.security)?;
+    check_exposure(config.listen, keys.is_some(), config.security.insecure)
+        .map_err(anyhow::Error::msg)?;
+    match &keys {
+        Some(keys) => tracing::info!(keys = keys.len(), "API keys required"),
+        None => tracing::warn!(
+            "no API keys configured: every caller is an admin (allowed on loopback only, or with --insecure)"
+        ),
+    }
+    let tls = load_tls(&config.security)?;
 
     let database = db::connect(&config.database_url, &config.pool)
         .await
@@ -34,17 +65,23 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         listen = %listener.local_addr()?,
         database = %redact(&config.database_url),
+        tls = tls.is_some(),
         "credit-server ready"
     );
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let ledger = Ledger::new(database.clone(), config.write_slots);
-    let server = tokio::spawn(app::serve(listener, ledger, async move {
+    let options = ServeOptions {
+        keys,
+        tls,
+        limits: config.limits.limits(),
+        ..ServeOptions::default()
+    };
+    let mut server = tokio::spawn(app::serve(listener, ledger, options, async move {
         shutdown_signal().await;
         let _ = stopped_tx.send(());
     }));
-    let mut server = server;
     tokio::select! {
         result = &mut server => result??,
         _ = async {
@@ -56,9 +93,48 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn verify(config: &Config, user: Option<&str>) -> anyhow::Result<()> {
+    let _ = (config, user);
+    bail!("verify is not available yet")
+}
+
+/// The configured keys, or `None` when there are none.
+fn load_keys(security: &SecuritySettings) -> anyhow::Result<Option<KeyRing>> {
+    let mut text = String::new();
+    if let Some(path) = &security.api_keys_file {
+        text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the API keys file {}", path.display()))?;
+    }
+    if let Some(inline) = &security.api_keys {
+        text.push('\n');
+        text.push_str(inline);
+    }
+    let ring = KeyRing::parse(&text).map_err(anyhow::Error::msg)?;
+    if ring.is_empty() && (security.api_keys_file.is_some() || security.api_keys.is_some()) {
+        bail!("API keys were configured but none was found; refusing to run without them");
+    }
+    Ok((!ring.is_empty()).then_some(ring))
+}
+
+fn load_tls(security: &SecuritySettings) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &security.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

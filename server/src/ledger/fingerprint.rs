@@ -27,6 +27,8 @@ pub fn fingerprint(req: &WriteRequest) -> String {
             transaction_id,
             amount,
             reason,
+            // Who may refund is not part of what the request is.
+            usage_only: _,
         } => json!({
             "op": "REFUND",
             "target": transaction_id,

@@ -72,6 +72,8 @@ pub enum Operation {
         transaction_id: String,
         amount: Option<i64>,
         reason: Option<String>,
+        /// Set for callers that may refund only USAGE (the service role).
+        usage_only: bool,
     },
 }
 

@@ -61,6 +61,7 @@ pub fn plan(
             transaction_id,
             amount,
             reason,
+            usage_only,
         } => {
             let target = targets
                 .get(transaction_id)
@@ -70,6 +71,12 @@ pub fn plan(
                     transaction_id: transaction_id.clone(),
                 })?;
             let kind = TxKind::parse(&target.row.r#type).unwrap_or(TxKind::CardCheck);
+            if *usage_only && kind != TxKind::Usage {
+                return Err(LedgerError::PermissionDenied(format!(
+                    "this key may refund only USAGE transactions; {transaction_id} is {}",
+                    kind.as_str()
+                )));
+            }
             // USAGE gives credits back; TOP_UP and GRANT take them away.
             let (sign, may_go_negative) = match kind {
                 TxKind::Usage => (1, false),

@@ -9,6 +9,7 @@ mod validate;
 use credit_proto::v1::{self as pb, credit_service_server::CreditService};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Caller, Role};
 use crate::ledger::Ledger;
 use crate::ledger::model::WriteOutcome;
 use convert::timestamp;
@@ -111,7 +112,13 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::RefundRequest>,
     ) -> Result<Response<pb::RefundResponse>, Status> {
-        let write = requests::refund(request.into_inner())?;
+        // The gate admitted only services and admins; a service refunds only
+        // usage. Without the gate (no keys configured) everyone is admin.
+        let usage_only = request
+            .extensions()
+            .get::<Caller>()
+            .is_some_and(|c| c.role < Role::Admin);
+        let write = requests::refund(request.into_inner(), usage_only)?;
         let (transaction, balance) = written(self.ledger.write(write).await?);
         Ok(Response::new(pb::RefundResponse {
             transaction,

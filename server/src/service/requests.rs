@@ -84,7 +84,8 @@ pub fn grant(req: pb::GrantRequest) -> Result<WriteRequest, LedgerError> {
     Ok(write)
 }
 
-pub fn refund(req: pb::RefundRequest) -> Result<WriteRequest, LedgerError> {
+/// `usage_only`: the caller may refund only USAGE transactions.
+pub fn refund(req: pb::RefundRequest, usage_only: bool) -> Result<WriteRequest, LedgerError> {
     let mut c = Checker::default();
     let write = WriteRequest {
         user_id: c.id("user_id", req.user_id),
@@ -92,6 +93,7 @@ pub fn refund(req: pb::RefundRequest) -> Result<WriteRequest, LedgerError> {
             transaction_id: c.transaction_id("transaction_id", req.transaction_id),
             amount: req.amount.map(|a| c.amount("amount", a)),
             reason: c.text("reason", req.reason),
+            usage_only,
         },
         idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
         metadata: c.metadata("metadata", req.metadata),
