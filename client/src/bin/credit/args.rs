@@ -1,0 +1,182 @@
+//! The command line: what `credit` accepts, with its help text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use credit_client::TransactionType;
+use serde_json::Value as Json;
+
+use crate::exit::EXIT_CODES_HELP;
+use crate::parse::{parse_duration, parse_meta, parse_time};
+
+/// Talk to the credit ledger service: users, balances, writes and history.
+#[derive(Debug, Parser)]
+#[command(name = "credit", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// The server's address.
+    #[arg(
+        long,
+        env = "CREDIT_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+
+    /// Print JSON instead of a table (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Deadline of each attempt of a call, e.g. 500ms, 10s, 1m.
+    #[arg(long, env = "CREDIT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
+
+    /// Bearer token sent as `authorization: Bearer <token>`.
+    #[arg(long, env = "CREDIT_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+
+    /// PEM file of the CA that signed the server's TLS certificate (https
+    /// endpoints only; default: the bundled public roots).
+    #[arg(long, env = "CREDIT_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or show a user.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Show a user's balance.
+    Balance {
+        /// The user.
+        user: String,
+    },
+    /// Add purchased credits (--reason is stored as metadata "reason").
+    TopUp(WriteArgs),
+    /// Take credits for usage.
+    Spend {
+        #[command(flatten)]
+        write: WriteArgs,
+        #[command(flatten)]
+        usage: UsageArgs,
+    },
+    /// Give credits without payment.
+    Grant(WriteArgs),
+    /// Reverse all or part of an earlier top-up, spend or grant.
+    Refund {
+        /// The user the transaction belongs to.
+        user: String,
+        /// The transaction to refund.
+        transaction: String,
+        /// Credits to refund (default: everything not yet refunded).
+        amount: Option<i64>,
+        #[command(flatten)]
+        options: WriteOptions,
+    },
+    /// Show one transaction.
+    #[command(alias = "tx")]
+    Transaction {
+        /// The user the transaction belongs to.
+        user: String,
+        /// The transaction.
+        transaction: String,
+    },
+    /// List a user's transactions, newest first.
+    History(HistoryArgs),
+}
+
+/// `credit user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user with a zero balance (again with the same email: no-op).
+    Create {
+        /// The new user's id.
+        user: String,
+        /// The user's email address.
+        #[arg(long)]
+        email: String,
+        /// The user's display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show a user.
+    Get {
+        /// The user.
+        user: String,
+    },
+}
+
+/// A top-up, spend or grant: who, how much, and the common options.
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// The user.
+    pub user: String,
+    /// Credits, greater than 0.
+    pub amount: i64,
+    #[command(flatten)]
+    pub options: WriteOptions,
+}
+
+/// What every write takes.
+#[derive(Debug, Args)]
+pub struct WriteOptions {
+    /// Idempotency key: running the command again with the same key applies
+    /// it at most once (default: a new random key).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Why the change was made.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Metadata entry: `k=v` stores the string v, `k:=JSON` a JSON value.
+    /// Repeat for more entries.
+    #[arg(long = "meta", value_name = "K=V", value_parser = parse_meta)]
+    pub meta: Vec<(String, Json)>,
+}
+
+/// What a spend paid for.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// The graph execution the usage belongs to.
+    #[arg(long)]
+    pub graph_exec_id: Option<String>,
+    /// The graph that ran.
+    #[arg(long)]
+    pub graph_id: Option<String>,
+    /// The node that ran.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// The node execution that was charged.
+    #[arg(long)]
+    pub node_exec_id: Option<String>,
+    /// The block that ran.
+    #[arg(long)]
+    pub block_id: Option<String>,
+}
+
+/// `credit history ...`
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The user.
+    pub user: String,
+    /// Only this type: top-up, usage, grant, refund, card-check (repeatable).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kinds: Vec<TransactionType>,
+    /// Only transactions at or after this time: RFC 3339, a date
+    /// (YYYY-MM-DD, UTC), or an age like 30m, 2h, 7d.
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only transactions before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// Only usage of this graph execution.
+    #[arg(long)]
+    pub graph_exec_id: Option<String>,
+    /// Show at most this many transactions; 0 shows all.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}

@@ -1,0 +1,193 @@
+//! How results are printed: aligned tables for people, JSON for scripts.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use credit_client::{Balance, Receipt, Transaction, User};
+use serde::Serialize;
+
+/// Prints `value` as pretty JSON.
+pub fn json<T: Serialize>(value: &T) -> Result<(), serde_json::Error> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A user as `field  value` lines.
+pub fn user(u: &User) {
+    fields(&[
+        ("user", u.user_id.clone()),
+        ("email", u.email.clone()),
+        ("name", u.name.clone()),
+        ("created", time(u.created_at)),
+    ]);
+}
+
+/// A balance as `field  value` lines.
+pub fn balance(b: &Balance) {
+    fields(&[
+        ("user", b.user_id.clone()),
+        ("balance", b.balance.to_string()),
+        ("updated", time(b.updated_at)),
+        ("last sequence", b.last_sequence.to_string()),
+    ]);
+}
+
+/// A write's transaction and the balance after it.
+pub fn receipt(r: &Receipt) {
+    let mut rows = transaction_rows(&r.transaction);
+    rows.push(("balance", r.balance.to_string()));
+    fields(&rows);
+}
+
+/// One transaction as `field  value` lines.
+pub fn transaction(t: &Transaction) {
+    fields(&transaction_rows(t));
+}
+
+/// A transaction's fields; empty ones are left out.
+fn transaction_rows(t: &Transaction) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("transaction", t.transaction_id.clone()),
+        ("user", t.user_id.clone()),
+        ("type", t.kind.to_string()),
+        ("amount", signed(t.amount)),
+        ("running balance", t.running_balance.to_string()),
+        ("sequence", t.sequence.to_string()),
+        ("created", time(t.created_at)),
+        ("idempotency key", t.idempotency_key.clone()),
+    ];
+    let optional = [
+        ("reason", t.reason.clone()),
+        ("refund of", t.refunded_transaction_id.clone()),
+        ("usage", t.usage.as_ref().map(usage_text)),
+        (
+            "metadata",
+            t.metadata
+                .as_ref()
+                .map(|m| serde_json::Value::Object(m.clone()).to_string()),
+        ),
+        (
+            "refunded",
+            (t.refunded_amount != 0).then(|| t.refunded_amount.to_string()),
+        ),
+    ];
+    rows.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+    rows
+}
+
+/// Transactions as a table, one per row.
+pub fn history(transactions: &[Transaction]) {
+    let mut table = Table::new([
+        "SEQ",
+        "CREATED",
+        "TYPE",
+        "AMOUNT",
+        "BALANCE",
+        "TRANSACTION",
+        "DETAILS",
+    ]);
+    for t in transactions {
+        table.row([
+            t.sequence.to_string(),
+            time(t.created_at),
+            t.kind.to_string(),
+            signed(t.amount),
+            t.running_balance.to_string(),
+            t.transaction_id.clone(),
+            details(t),
+        ]);
+    }
+    table.print(&[0, 3, 4]);
+    if transactions.is_empty() {
+        println!("(no transactions)");
+    }
+}
+
+/// The short description a history row ends with.
+fn details(t: &Transaction) -> String {
+    let mut parts = Vec::new();
+    if let Some(reason) = &t.reason {
+        parts.push(reason.clone());
+    }
+    if let Some(usage) = &t.usage {
+        parts.push(usage_text(usage));
+    }
+    if let Some(id) = &t.refunded_transaction_id {
+        parts.push(format!("refund of {id}"));
+    }
+    if t.refunded_amount != 0 {
+        parts.push(format!("{} refunded", t.refunded_amount));
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.join("; ")
+}
+
+fn usage_text(u: &credit_client::Usage) -> String {
+    [
+        ("reason", &u.reason),
+        ("graph_exec", &u.graph_exec_id),
+        ("graph", &u.graph_id),
+        ("node", &u.node_id),
+        ("node_exec", &u.node_exec_id),
+        ("block", &u.block_id),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={v}")))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// `+100` / `-40`: the sign is the point of the column.
+fn signed(amount: i64) -> String {
+    format!("{amount:+}")
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Two aligned columns: field name, value.
+fn fields(rows: &[(&str, String)]) {
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 2;
+    for (name, value) in rows {
+        println!("{name:<width$}{value}");
+    }
+}
+
+/// A table whose columns are as wide as their widest cell.
+struct Table<const N: usize> {
+    header: [String; N],
+    rows: Vec<[String; N]>,
+}
+
+impl<const N: usize> Table<N> {
+    fn new(header: [&str; N]) -> Self {
+        Self {
+            header: header.map(str::to_owned),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: [String; N]) {
+        self.rows.push(cells);
+    }
+
+    /// Prints the table; the columns in `right` (numbers) are right-aligned.
+    fn print(&self, right: &[usize]) {
+        let mut widths = [0; N];
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let cells: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(i, cell)| match right.contains(&i) {
+                    true => format!("{cell:>w$}", w = widths[i]),
+                    false => format!("{cell:<w$}", w = widths[i]),
+                })
+                .collect();
+            println!("{}", cells.join("  ").trim_end());
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! [`CreditClient`]: the connection, the per-call settings, the retry loop
+//! every call goes through, and the read-only calls.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use credit_proto::v1 as pb;
+use credit_proto::v1::credit_service_client::CreditServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+use crate::config::{DEFAULT_DEADLINE, bearer_header};
+use crate::model::required;
+use crate::retry::is_retryable;
+use crate::{Balance, ClientBuilder, Error, RetryPolicy, Transaction, User};
+
+/// A typed client of `credit.v1.CreditService`.
+///
+/// Cheap to clone: clones share one connection (HTTP/2 multiplexes their
+/// calls), so make one per server and clone it where needed.
+#[derive(Clone)]
+pub struct CreditClient {
+    grpc: CreditServiceClient<Channel>,
+    deadline: Duration,
+    retry: RetryPolicy,
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl CreditClient {
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`) with the
+    /// default settings; see [`CreditClient::builder`] for the others.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, Error> {
+        ClientBuilder::new(endpoint).connect().await
+    }
+
+    /// Settings for a connection to `endpoint`, to change before connecting.
+    pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(endpoint)
+    }
+
+    /// A client over an existing channel (its TLS and timeouts are the
+    /// channel's), with the default deadline and retries and no token.
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            grpc: CreditServiceClient::new(channel),
+            deadline: DEFAULT_DEADLINE,
+            retry: RetryPolicy::default(),
+            authorization: None,
+        }
+    }
+
+    /// The same client with another per-attempt deadline.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The same client with another retry policy.
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The same client sending `authorization: Bearer <token>` with every
+    /// call. Fails if the token cannot be a header value.
+    pub fn with_bearer_token(mut self, token: &str) -> Result<Self, Error> {
+        self.authorization = Some(bearer_header(token)?);
+        Ok(self)
+    }
+
+    /// The per-attempt deadline.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// The generated client underneath, for calls this type does not wrap.
+    /// It applies no deadline, token or retries of its own.
+    pub fn grpc(&self) -> CreditServiceClient<Channel> {
+        self.grpc.clone()
+    }
+
+    /// Returns one user.
+    pub async fn get_user(&self, user_id: impl Into<String>) -> Result<User, Error> {
+        let message = pb::GetUserRequest {
+            user_id: user_id.into(),
+        };
+        let response = self
+            .call(message, |mut grpc, request| async move {
+                grpc.get_user(request).await
+            })
+            .await?;
+        required(response.user, "user")?.try_into()
+    }
+
+    /// Returns a user's current balance.
+    pub async fn get_balance(&self, user_id: impl Into<String>) -> Result<Balance, Error> {
+        let message = pb::GetBalanceRequest {
+            user_id: user_id.into(),
+        };
+        self.call(message, |mut grpc, request| async move {
+            grpc.get_balance(request).await
+        })
+        .await?
+        .try_into()
+    }
+
+    /// Returns one transaction of a user.
+    pub async fn get_transaction(
+        &self,
+        user_id: impl Into<String>,
+        transaction_id: impl Into<String>,
+    ) -> Result<Transaction, Error> {
+        let message = pb::GetTransactionRequest {
+            user_id: user_id.into(),
+            transaction_id: transaction_id.into(),
+        };
+        let response = self
+            .call(message, |mut grpc, request| async move {
+                grpc.get_transaction(request).await
+            })
+            .await?;
+        required(response.transaction, "transaction")?.try_into()
+    }
+
+    /// Sends `message` through `send`, retrying per the policy.
+    ///
+    /// Every attempt sends the same message, so a write keeps its
+    /// idempotency key across attempts and is applied at most once.
+    pub(crate) async fn call<M, R, F, Fut>(&self, message: M, send: F) -> Result<R, Error>
+    where
+        M: Clone,
+        F: Fn(CreditServiceClient<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let status = match self.attempt(message.clone(), &send).await {
+                Ok(response) => return Ok(response),
+                Err(status) => status,
+            };
+            if attempt >= self.retry.max_attempts || !is_retryable(&status) {
+                return Err(Error::from_status(status));
+            }
+            tokio::time::sleep(self.retry.backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt<M, R, F, Fut>(&self, message: M, send: &F) -> Result<R, Status>
+    where
+        F: Fn(CreditServiceClient<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let mut request = Request::new(message);
+        // Tells the server when to give up too, so it does not keep working
+        // for a caller that has gone.
+        request.set_timeout(self.deadline);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        let started = Instant::now();
+        // Enforced here as well: a channel the caller built may not enforce
+        // `grpc-timeout` itself.
+        match tokio::time::timeout(self.deadline, send(self.grpc.clone(), request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            // tonic's channel enforces `grpc-timeout` too, but reports its
+            // expiry as CANCELLED. A CANCELLED for any other cause arrives
+            // before the deadline and is passed on as it is.
+            Ok(Err(status))
+                if status.code() == Code::Cancelled && started.elapsed() >= self.deadline =>
+            {
+                Err(self.deadline_exceeded())
+            }
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(self.deadline_exceeded()),
+        }
+    }
+
+    fn deadline_exceeded(&self) -> Status {
+        Status::deadline_exceeded(format!("no answer within {} ms", self.deadline.as_millis()))
+    }
+}
+
+impl fmt::Debug for CreditClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreditClient")
+            .field("deadline", &self.deadline)
+            .field("retry", &self.retry)
+            .field(
+                "bearer_token",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,369 @@
+//! The values the client hands back: plain Rust types read from the wire
+//! messages, with timestamps as `chrono` times and metadata as JSON.
+//!
+//! Every type is `Serialize`, which is what the CLI's `--json` prints.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use credit_proto::v1 as pb;
+use serde::{Serialize, Serializer};
+
+use crate::Error;
+use crate::metadata::{Metadata, from_struct};
+
+/// A holder of a credit balance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct User {
+    /// The caller-chosen identifier.
+    pub user_id: String,
+    /// The email address (the server stores it in lower case).
+    pub email: String,
+    /// The display name; may be empty.
+    pub name: String,
+    /// When the user was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user's balance at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Balance {
+    /// The user the balance belongs to.
+    pub user_id: String,
+    /// The balance in credits.
+    pub balance: i64,
+    /// When the balance last changed (the user's creation time if never).
+    pub updated_at: DateTime<Utc>,
+    /// The sequence number of the user's latest transaction (0 if none).
+    pub last_sequence: i64,
+}
+
+/// The kind of a balance change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransactionType {
+    /// Purchased credits were added.
+    TopUp,
+    /// Credits were spent on metered usage.
+    Usage,
+    /// Credits were given without payment.
+    Grant,
+    /// An earlier transaction was reversed, in whole or in part.
+    Refund,
+    /// A payment-card check.
+    CardCheck,
+    /// A type this client does not know yet (a newer server); the wire value.
+    Unknown(i32),
+}
+
+impl TransactionType {
+    /// The name used by the CLI and in JSON output: `top-up`, `usage`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TopUp => "top-up",
+            Self::Usage => "usage",
+            Self::Grant => "grant",
+            Self::Refund => "refund",
+            Self::CardCheck => "card-check",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+
+    /// The wire enum value.
+    pub fn to_proto(self) -> i32 {
+        let known = match self {
+            Self::TopUp => pb::TransactionType::TopUp,
+            Self::Usage => pb::TransactionType::Usage,
+            Self::Grant => pb::TransactionType::Grant,
+            Self::Refund => pb::TransactionType::Refund,
+            Self::CardCheck => pb::TransactionType::CardCheck,
+            Self::Unknown(value) => return value,
+        };
+        known.into()
+    }
+
+    /// Reads a wire enum value; unrecognised values are kept as `Unknown`.
+    pub fn from_proto(value: i32) -> Self {
+        match pb::TransactionType::try_from(value) {
+            Ok(pb::TransactionType::TopUp) => Self::TopUp,
+            Ok(pb::TransactionType::Usage) => Self::Usage,
+            Ok(pb::TransactionType::Grant) => Self::Grant,
+            Ok(pb::TransactionType::Refund) => Self::Refund,
+            Ok(pb::TransactionType::CardCheck) => Self::CardCheck,
+            Ok(pb::TransactionType::Unspecified) | Err(_) => Self::Unknown(value),
+        }
+    }
+}
+
+impl fmt::Display for TransactionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unknown(value) => write!(f, "unknown({value})"),
+            known => f.write_str(known.as_str()),
+        }
+    }
+}
+
+impl Serialize for TransactionType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl FromStr for TransactionType {
+    type Err = Error;
+
+    /// Accepts `top-up`, `top_up`, `TOP_UP` and `TRANSACTION_TYPE_TOP_UP`
+    /// alike, so people and scripts can use whichever spelling they know.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let normal = s.trim().to_ascii_lowercase().replace('_', "-");
+        let normal = normal.strip_prefix("transaction-type-").unwrap_or(&normal);
+        match normal {
+            "top-up" | "topup" => Ok(Self::TopUp),
+            "usage" | "spend" => Ok(Self::Usage),
+            "grant" => Ok(Self::Grant),
+            "refund" => Ok(Self::Refund),
+            "card-check" => Ok(Self::CardCheck),
+            _ => Err(Error::InvalidInput(format!(
+                "unknown transaction type {s:?} (expected top-up, usage, grant, refund or card-check)"
+            ))),
+        }
+    }
+}
+
+/// What a spend paid for. Every field is optional free text (at most 256
+/// characters).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// The graph execution the usage belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_exec_id: Option<String>,
+    /// The graph that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_id: Option<String>,
+    /// The node that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// The node execution that was charged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_exec_id: Option<String>,
+    /// The block that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_id: Option<String>,
+    /// A human-readable reason for the charge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Usage {
+    /// Usage with no details; add them with the setters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the graph execution id.
+    pub fn graph_exec_id(mut self, value: impl Into<String>) -> Self {
+        self.graph_exec_id = Some(value.into());
+        self
+    }
+
+    /// Sets the graph id.
+    pub fn graph_id(mut self, value: impl Into<String>) -> Self {
+        self.graph_id = Some(value.into());
+        self
+    }
+
+    /// Sets the node id.
+    pub fn node_id(mut self, value: impl Into<String>) -> Self {
+        self.node_id = Some(value.into());
+        self
+    }
+
+    /// Sets the node execution id.
+    pub fn node_exec_id(mut self, value: impl Into<String>) -> Self {
+        self.node_exec_id = Some(value.into());
+        self
+    }
+
+    /// Sets the block id.
+    pub fn block_id(mut self, value: impl Into<String>) -> Self {
+        self.block_id = Some(value.into());
+        self
+    }
+
+    /// Sets the human-readable reason.
+    pub fn reason(mut self, value: impl Into<String>) -> Self {
+        self.reason = Some(value.into());
+        self
+    }
+}
+
+impl From<Usage> for pb::UsageDetails {
+    fn from(u: Usage) -> Self {
+        Self {
+            graph_exec_id: u.graph_exec_id.unwrap_or_default(),
+            graph_id: u.graph_id.unwrap_or_default(),
+            node_id: u.node_id.unwrap_or_default(),
+            node_exec_id: u.node_exec_id.unwrap_or_default(),
+            block_id: u.block_id.unwrap_or_default(),
+            reason: u.reason.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<pb::UsageDetails> for Usage {
+    fn from(u: pb::UsageDetails) -> Self {
+        Self {
+            graph_exec_id: non_empty(u.graph_exec_id),
+            graph_id: non_empty(u.graph_id),
+            node_id: non_empty(u.node_id),
+            node_exec_id: non_empty(u.node_exec_id),
+            block_id: non_empty(u.block_id),
+            reason: non_empty(u.reason),
+        }
+    }
+}
+
+/// One applied change to a user's balance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transaction {
+    /// The server-assigned identifier.
+    pub transaction_id: String,
+    /// The user whose balance changed.
+    pub user_id: String,
+    /// The kind of change.
+    #[serde(rename = "type")]
+    pub kind: TransactionType,
+    /// The signed change in credits: positive adds, negative takes away.
+    pub amount: i64,
+    /// The balance right after this transaction.
+    pub running_balance: i64,
+    /// The position in the user's history: 1, 2, 3, ...
+    pub sequence: i64,
+    /// The idempotency key the transaction was written with.
+    pub idempotency_key: String,
+    /// What a usage transaction paid for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Caller metadata, as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+    /// For a refund, the transaction it reverses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refunded_transaction_id: Option<String>,
+    /// When the transaction was applied.
+    pub created_at: DateTime<Utc>,
+    /// The reason given for a grant or refund.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How many credits of this transaction have been refunded so far.
+    pub refunded_amount: i64,
+}
+
+/// The answer to every write: the applied transaction and the balance right
+/// after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Receipt {
+    /// The applied transaction (the original one when a retry or a repeated
+    /// idempotency key was answered from the server's record).
+    pub transaction: Transaction,
+    /// The user's balance right after the transaction.
+    pub balance: i64,
+}
+
+impl TryFrom<pb::User> for User {
+    type Error = Error;
+
+    fn try_from(u: pb::User) -> Result<Self, Error> {
+        Ok(Self {
+            created_at: time(u.created_at, "user.created_at")?,
+            user_id: u.user_id,
+            email: u.email,
+            name: u.name,
+        })
+    }
+}
+
+impl TryFrom<pb::GetBalanceResponse> for Balance {
+    type Error = Error;
+
+    fn try_from(b: pb::GetBalanceResponse) -> Result<Self, Error> {
+        Ok(Self {
+            updated_at: time(b.updated_at, "updated_at")?,
+            user_id: b.user_id,
+            balance: b.balance,
+            last_sequence: b.last_sequence,
+        })
+    }
+}
+
+impl TryFrom<pb::Transaction> for Transaction {
+    type Error = Error;
+
+    fn try_from(t: pb::Transaction) -> Result<Self, Error> {
+        Ok(Self {
+            created_at: time(t.created_at, "transaction.created_at")?,
+            kind: TransactionType::from_proto(t.r#type),
+            transaction_id: t.transaction_id,
+            user_id: t.user_id,
+            amount: t.amount,
+            running_balance: t.running_balance,
+            sequence: t.sequence,
+            idempotency_key: t.idempotency_key,
+            usage: t.usage.map(Usage::from),
+            metadata: t.metadata.map(from_struct),
+            refunded_transaction_id: non_empty(t.refunded_transaction_id),
+            reason: non_empty(t.reason),
+            refunded_amount: t.refunded_amount,
+        })
+    }
+}
+
+/// A message field the API always sets, or `InvalidResponse` naming it.
+pub(crate) fn required<T>(value: Option<T>, field: &str) -> Result<T, Error> {
+    value.ok_or_else(|| Error::InvalidResponse(format!("the server's answer has no {field}")))
+}
+
+/// A wire timestamp as a `chrono` time.
+fn time(t: Option<prost_types::Timestamp>, field: &str) -> Result<DateTime<Utc>, Error> {
+    let t = required(t, field)?;
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+        .ok_or_else(|| Error::InvalidResponse(format!("{field} is not a valid time")))
+}
+
+/// A chrono time as a wire timestamp.
+pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        // Below 1e9, so it always fits.
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_types_parse_in_every_spelling() -> Result<(), Error> {
+        for s in ["top-up", "top_up", "TOP_UP", "TRANSACTION_TYPE_TOP_UP"] {
+            assert_eq!(s.parse::<TransactionType>()?, TransactionType::TopUp);
+        }
+        assert!("bogus".parse::<TransactionType>().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_wire_types_are_kept() {
+        let kind = TransactionType::from_proto(42);
+        assert_eq!(kind, TransactionType::Unknown(42));
+        assert_eq!(kind.to_proto(), 42);
+        assert_eq!(kind.to_string(), "unknown(42)");
+    }
+}
