@@ -19,6 +19,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The server's database, for assertions on the tables themselves.
     pub db: DatabaseConnection,
+    /// The server's ledger, for its write statistics.
+    pub ledger: Ledger,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -37,11 +39,18 @@ impl TestServer {
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();
         let ledger = Ledger::new(db.clone(), DEFAULT_WRITE_SLOTS);
-        let task = tokio::spawn(credit_server::app::serve(listener, ledger, options, async {
-            let _ = rx.await;
-        }));
+        let ledger_for_stats = ledger.clone();
+        let task = tokio::spawn(credit_server::app::serve(
+            listener,
+            ledger,
+            options,
+            async {
+                let _ = rx.await;
+            },
+        ));
         Ok(TestServer {
             addr,
+            ledger: ledger_for_stats,
             db,
             shutdown: Some(tx),
             task: Some(task),

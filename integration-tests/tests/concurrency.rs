@@ -11,6 +11,7 @@ ledger_tests!(
     two_spends_of_100_from_100,
     first_writes_in_parallel_lose_nothing,
     users_do_not_interfere,
+    a_busy_account_shares_transactions,
 );
 
 /// Runs `n` spends of `amount` on `user` from `n` separate clients and
@@ -112,6 +113,44 @@ async fn first_writes_in_parallel_lose_nothing(server: &TestServer) -> anyhow::R
         let txs = invariants::check_user(server, u).await?;
         ensure!(txs.len() == 8);
     }
+    Ok(())
+}
+
+/// Group commit: 64 clients spending from one account at once share
+/// database transactions, and every spend still gets its own row, sequence
+/// and answer.
+async fn a_busy_account_shares_transactions(server: &TestServer) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    api::create_user(&mut c, "hot").await?;
+    api::top_up(&mut c, "hot", 10_000).await?;
+    let before = server.ledger.write_stats();
+    let clients = server.clients(64).await?;
+    let spends = clients.into_iter().map(|mut c| async move {
+        let mut balances = Vec::new();
+        for _ in 0..10 {
+            balances.push(api::spend(&mut c, "hot", 1).await?.balance);
+        }
+        Ok::<_, tonic::Status>(balances)
+    });
+    let mut answered: Vec<i64> = Vec::new();
+    for r in join_all(spends).await {
+        answered.extend(r?);
+    }
+    answered.sort_unstable();
+    // Every spend saw its own balance: 9999 down to 9360, each exactly once.
+    ensure!(
+        answered == (9_360..10_000).collect::<Vec<i64>>(),
+        "answers overlap or skip"
+    );
+    let after = server.ledger.write_stats();
+    let (writes, batches) = (after.writes - before.writes, after.batches - before.batches);
+    ensure!(writes == 640, "{writes} writes committed");
+    ensure!(
+        batches * 2 <= writes,
+        "640 concurrent spends took {batches} transactions"
+    );
+    eprintln!("640 spends from 64 clients on one account: {batches} transactions");
+    ensure!(invariants::check_user(server, "hot").await?.len() == 641);
     Ok(())
 }
 

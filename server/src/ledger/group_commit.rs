@@ -1,21 +1,25 @@
 //! Group commit: concurrent writes share database transactions.
 //!
-//! Writes queue in the process. A dispatcher waits for a free writer slot,
-//! then takes everything queued (up to `MAX_BATCH`) as one batch, applied in
-//! one database transaction with one commit flush (`batch.rs`). With nothing
-//! queued a write goes alone the moment it arrives, so low load sees no added
-//! latency; under load the batches grow by themselves while the slots are
-//! busy committing. This lifts the cap of one commit flush per write on a
-//! busy account, while the database's row locks still order the batches of
-//! different slots and of other server processes.
+//! Writes queue in the process. A dispatcher hands queued writes to free
+//! writer slots as batches, each applied in one database transaction with
+//! one commit flush (`batch.rs`). A user whose batch is in flight gets no
+//! second one: its new writes wait in the queue and go together in the next
+//! batch, so a busy account is not split across slots that would only queue
+//! on its row lock. With nothing queued a write goes alone the moment it
+//! arrives, so low load sees no added latency; under load the batches grow
+//! by themselves while the slots are busy committing. This lifts the cap of
+//! one commit flush per write on a busy account, while the database's row
+//! locks still order batches of other server processes.
 //!
 //! A write is answered only after its batch committed. If a batch fails as a
 //! whole (a database error), its writes are retried one per transaction, so
 //! one bad write cannot fail its neighbours.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::Store;
 use super::batch::{Pending, apply_batch};
@@ -26,11 +30,28 @@ use crate::error::LedgerError;
 pub const MAX_BATCH: usize = 256;
 
 type Reply = oneshot::Sender<Result<WriteOutcome, LedgerError>>;
+type Job = (Pending, Reply);
 
 /// The queue writes wait in.
 #[derive(Clone)]
 pub struct GroupCommit {
-    queue: mpsc::UnboundedSender<(Pending, Reply)>,
+    queue: mpsc::UnboundedSender<Job>,
+    stats: Arc<Counters>,
+}
+
+/// How much sharing group commit achieved so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Database transactions committed for writes.
+    pub batches: u64,
+    /// Writes answered from those transactions.
+    pub writes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl GroupCommit {
@@ -38,8 +59,16 @@ impl GroupCommit {
     /// It stops when the last `GroupCommit` clone is dropped.
     pub fn start(store: Store, slots: usize) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(store, rx, Arc::new(Semaphore::new(slots.max(1)))));
-        Self { queue }
+        let stats = Arc::new(Counters::default());
+        tokio::spawn(dispatch(store, rx, slots.max(1), stats.clone()));
+        Self { queue, stats }
+    }
+
+    pub fn stats(&self) -> WriteStats {
+        WriteStats {
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues `pending` and waits for its answer.
@@ -54,38 +83,87 @@ impl GroupCommit {
     }
 }
 
+/// The dispatcher's loop: take new writes, hand batches to free slots,
+/// free the slot and its users when a batch is done.
 async fn dispatch(
     store: Store,
-    mut rx: mpsc::UnboundedReceiver<(Pending, Reply)>,
-    slots: Arc<Semaphore>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    slots: usize,
+    stats: Arc<Counters>,
 ) {
+    let mut queued: VecDeque<Job> = VecDeque::new();
+    let mut busy_users: HashSet<String> = HashSet::new();
+    let mut free = slots;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<String>>();
+    let mut open = true;
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        while free > 0 {
+            let batch = take_batch(&mut queued, &busy_users);
+            if batch.is_empty() {
+                break;
+            }
+            free -= 1;
+            let users: Vec<String> = batch.iter().map(|(p, _)| p.req.user_id.clone()).collect();
+            busy_users.extend(users.iter().cloned());
+            let (store, done, stats) = (store.clone(), done_tx.clone(), stats.clone());
+            tokio::spawn(async move {
+                let size = batch.len() as u64;
+                if run(&store, batch).await {
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                    stats.writes.fetch_add(size, Ordering::Relaxed);
+                }
+                let _ = done.send(users);
+            });
+        }
+        if !open && free == slots && queued.is_empty() {
             return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+        }
+        tokio::select! {
+            job = rx.recv(), if open => match job {
+                Some(job) => {
+                    queued.push_back(job);
+                    // Take whatever else has arrived meanwhile in one go.
+                    while let Ok(job) = rx.try_recv() {
+                        queued.push_back(job);
+                    }
+                }
+                None => open = false,
+            },
+            Some(users) = done_rx.recv() => {
+                free += 1;
+                for user in users {
+                    busy_users.remove(&user);
+                }
             }
         }
-        let store = store.clone();
-        tokio::spawn(async move {
-            run(&store, jobs).await;
-            drop(slot);
-        });
     }
 }
 
-/// Applies `jobs` as one batch, or one by one if the batch fails.
-async fn run(store: &Store, jobs: Vec<(Pending, Reply)>) {
+/// Takes up to `MAX_BATCH` queued writes, oldest first, of users that have
+/// no batch in flight; the others keep their place in the queue.
+fn take_batch(queued: &mut VecDeque<Job>, busy_users: &HashSet<String>) -> Vec<Job> {
+    let mut batch = Vec::new();
+    let mut kept = VecDeque::with_capacity(queued.len());
+    while let Some(job) = queued.pop_front() {
+        if batch.len() < MAX_BATCH && !busy_users.contains(&job.0.req.user_id) {
+            batch.push(job);
+        } else {
+            kept.push_back(job);
+        }
+    }
+    *queued = kept;
+    batch
+}
+
+/// Applies `jobs` as one batch, or one by one if the batch fails. True when
+/// the batch committed as one.
+async fn run(store: &Store, jobs: Vec<Job>) -> bool {
     let (batch, replies): (Vec<Pending>, Vec<Reply>) = jobs.into_iter().unzip();
     match store.commit_batch(&batch).await {
-        Ok(results) => answer(replies, results),
+        Ok(results) => {
+            answer(replies, results);
+            return true;
+        }
         Err(err) if batch.len() == 1 => answer(replies, vec![Err(err)]),
         Err(err) => {
             tracing::debug!(%err, size = batch.len(), "batch failed; applying its writes one by one");
@@ -103,6 +181,7 @@ async fn run(store: &Store, jobs: Vec<(Pending, Reply)>) {
             }
         }
     }
+    false
 }
 
 /// Sends each write its own answer; a caller that went away is skipped.

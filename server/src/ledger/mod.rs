@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 
 use crate::error::LedgerError;
 use group_commit::GroupCommit;
+pub use group_commit::WriteStats;
 
 /// The ledger over one database. Cheap to clone; clones share the pool and
 /// the write queue.
@@ -57,6 +58,11 @@ impl Ledger {
 
     fn writer(&self) -> &GroupCommit {
         &self.writer
+    }
+
+    /// How many write transactions committed, and how many writes they held.
+    pub fn write_stats(&self) -> WriteStats {
+        self.writer.stats()
     }
 }
 
