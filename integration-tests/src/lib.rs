@@ -5,6 +5,7 @@
 pub mod api;
 mod database;
 pub mod invariants;
+pub mod process;
 mod server;
 
 pub use database::{Backend, TestDb};

@@ -10,3 +10,4 @@ pub mod error;
 pub mod gate;
 pub mod ledger;
 pub mod service;
+pub mod verify;
