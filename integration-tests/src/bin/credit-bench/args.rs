@@ -66,7 +66,12 @@ pub struct Args {
     /// What to measure, comma-separated: the service, the minimal correct
     /// SQL transaction per operation (`raw`), and the single-statement CTE
     /// of the system we started from (`peer`, PostgreSQL only).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "service,raw,peer")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "service,raw,peer"
+    )]
     pub targets: Vec<TargetKind>,
 
     /// Print one JSON document on stdout (the table goes to stderr).
@@ -200,7 +205,10 @@ impl Args {
         );
         anyhow::ensure!(self.connections > 0, "--connections must be positive");
         anyhow::ensure!(self.users > 0, "--users must be positive");
-        anyhow::ensure!(self.db_max_connections > 0, "--db-max-connections must be positive");
+        anyhow::ensure!(
+            self.db_max_connections > 0,
+            "--db-max-connections must be positive"
+        );
         anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
         anyhow::ensure!(!self.targets.is_empty(), "--targets is empty");
         Ok(())

@@ -122,7 +122,10 @@ impl ServerProcess {
     /// SIGTERM (the server's graceful path), then SIGKILL after a grace.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if !self.is_running() {
-            bail!("credit-server died during the run; its log:\n{}", self.log_tail());
+            bail!(
+                "credit-server died during the run; its log:\n{}",
+                self.log_tail()
+            );
         }
         let pid = libc::pid_t::try_from(self.pid).context("server pid out of range")?;
         // SAFETY: kill(2) with a pid we spawned and still own (not reaped,

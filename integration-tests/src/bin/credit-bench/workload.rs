@@ -15,12 +15,30 @@ pub const TOP_UP_AMOUNT: i64 = 100;
 pub const HISTORY_PAGE: i32 = 50;
 
 /// One call.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Spend,
     TopUp,
     Read,
     History,
+}
+
+impl Op {
+    pub const ALL: [Op; 4] = [Op::Spend, Op::TopUp, Op::Read, Op::History];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Spend => "spend",
+            Op::TopUp => "top-up",
+            Op::Read => "read",
+            Op::History => "history",
+        }
+    }
+
+    /// Position in `ALL`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// The users of one target and the scenario's mix.

@@ -48,8 +48,7 @@ INSERT INTO credit_transaction
      refunded_amount, graph_exec_id, reason, created_at)
 SELECT $4, $1, last_sequence, $5, $2, balance, $6, 'bench', 0, $7, $8, $3 FROM upserted";
 
-const READ: &str =
-    "SELECT balance, last_sequence, updated_at FROM user_balance WHERE user_id = $1";
+const READ: &str = "SELECT balance, last_sequence, updated_at FROM user_balance WHERE user_id = $1";
 
 const HISTORY: &str = "\
 SELECT id, sequence, type, amount, running_balance, idempotency_key, graph_exec_id, reason,
@@ -70,7 +69,7 @@ pub async fn run(pool: &PgPool, style: Style, work: Work<'_>) -> Result<(), DbEr
                 Style::Raw => RAW_CHANGE,
                 Style::Peer => PEER_CHANGE,
             };
-            let done = bind_change(sqlx::query(sql), &change)
+            let done = bind_change(sqlx::query(sql), change)
                 .execute(pool)
                 .await
                 .map_err(classify)?;

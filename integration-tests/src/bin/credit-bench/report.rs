@@ -1,0 +1,271 @@
+//! Results: one row per run, the service/raw and service/peer ratios, and
+//! the JSON document.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::args::{DbKind, Scenario, TargetKind};
+use crate::runner::Measurement;
+use crate::workload::Op;
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub scenario: Scenario,
+    pub target: TargetKind,
+    pub clients: usize,
+    /// Successful calls in the measured window.
+    pub ops: u64,
+    pub seconds: f64,
+    pub ops_per_sec: f64,
+    pub latency_ms: Latency,
+    /// Per operation, when the scenario mixes several.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_op: BTreeMap<&'static str, OpStats>,
+    /// Failed calls by gRPC code (service) or SQLSTATE/kind (SQL).
+    pub errors: BTreeMap<String, u64>,
+    /// Peak VmRSS of the server process during the run (service runs of a
+    /// server this tool started).
+    pub server_peak_rss_mb: Option<f64>,
+    pub users_checked: u64,
+    pub invariant_violations: Vec<String>,
+}
+
+/// Latency percentiles of successful calls, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl RunResult {
+    pub fn new(
+        scenario: Scenario,
+        target: TargetKind,
+        clients: usize,
+        m: &Measurement,
+    ) -> RunResult {
+        let seconds = m.elapsed.as_secs_f64();
+        let used: Vec<(Op, &Histogram<u64>)> = Op::ALL
+            .into_iter()
+            .zip(&m.by_op)
+            .filter(|(_, h)| !h.is_empty())
+            .collect();
+        let by_op = if used.len() > 1 {
+            used.iter()
+                .map(|(op, h)| {
+                    let stats = OpStats {
+                        ops: h.len(),
+                        latency_ms: Latency::of(h),
+                    };
+                    (op.name(), stats)
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        RunResult {
+            scenario,
+            target,
+            clients,
+            ops: m.ok,
+            seconds,
+            ops_per_sec: if seconds > 0.0 {
+                m.ok as f64 / seconds
+            } else {
+                0.0
+            },
+            latency_ms: Latency::of(&m.latency),
+            by_op,
+            errors: m.errors.clone(),
+            server_peak_rss_mb: None,
+            users_checked: 0,
+            invariant_violations: Vec::new(),
+        }
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// One operation's share of a mixed run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct OpStats {
+    pub ops: u64,
+    pub latency_ms: Latency,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// service/raw or service/peer for one scenario and client count.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub scenario: Scenario,
+    pub clients: usize,
+    /// `raw` or `peer`.
+    pub baseline: TargetKind,
+    /// Service throughput over the baseline's.
+    pub throughput: f64,
+    /// Service p99 over the baseline's (lower is better).
+    pub p99: f64,
+}
+
+/// Every ratio the results allow.
+pub fn ratios(results: &[RunResult]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for service in results.iter().filter(|r| r.target == TargetKind::Service) {
+        for baseline in results.iter().filter(|r| {
+            r.target != TargetKind::Service
+                && r.scenario == service.scenario
+                && r.clients == service.clients
+        }) {
+            if baseline.ops_per_sec > 0.0 {
+                out.push(Ratio {
+                    scenario: service.scenario,
+                    clients: service.clients,
+                    baseline: baseline.target,
+                    throughput: service.ops_per_sec / baseline.ops_per_sec,
+                    p99: service.latency_ms.p99 / baseline.latency_ms.p99.max(1e-3),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The human-readable table and ratio lines.
+pub fn render(results: &[RunResult], notes: &[String]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<13} {:<8} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  errors",
+        "scenario",
+        "target",
+        "clients",
+        "ops",
+        "ops/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "rss MB"
+    );
+    for r in results {
+        let rss = r
+            .server_peak_rss_mb
+            .map_or_else(|| "-".to_owned(), |mb| format!("{mb:.1}"));
+        let errors = if r.errors.is_empty() {
+            "0".to_owned()
+        } else {
+            r.errors
+                .iter()
+                .map(|(code, n)| format!("{code}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(
+            out,
+            "{:<13} {:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}  {errors}",
+            r.scenario.name(),
+            r.target.name(),
+            r.clients,
+            r.ops,
+            r.ops_per_sec,
+            r.latency_ms.p50,
+            r.latency_ms.p90,
+            r.latency_ms.p99,
+            r.latency_ms.max,
+            rss,
+        );
+        for (op, stats) in &r.by_op {
+            let _ = writeln!(
+                out,
+                "{:<13} {:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                format!("  {op}"),
+                "",
+                "",
+                stats.ops,
+                stats.ops as f64 / r.seconds.max(1e-9),
+                stats.latency_ms.p50,
+                stats.latency_ms.p90,
+                stats.latency_ms.p99,
+                stats.latency_ms.max,
+            );
+        }
+    }
+    let ratios = ratios(results);
+    if !ratios.is_empty() {
+        out.push('\n');
+    }
+    for ratio in &ratios {
+        let _ = writeln!(
+            out,
+            "{} @ {} clients: service/{} = {:.2}x throughput, {:.2}x p99",
+            ratio.scenario.name(),
+            ratio.clients,
+            ratio.baseline.name(),
+            ratio.throughput,
+            ratio.p99,
+        );
+    }
+    for r in results
+        .iter()
+        .filter(|r| !r.invariant_violations.is_empty())
+    {
+        let _ = writeln!(
+            out,
+            "\nINVARIANT VIOLATED ({} {} @ {} clients):",
+            r.scenario.name(),
+            r.target.name(),
+            r.clients
+        );
+        for v in &r.invariant_violations {
+            let _ = writeln!(out, "  {v}");
+        }
+    }
+    for note in notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
+}
+
+/// The document `--json` prints.
+#[derive(Debug, Serialize)]
+pub struct Document<'a> {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub started_at: String,
+    pub database: DbKind,
+    pub server: String,
+    pub cpus: usize,
+    /// The 1-minute load average when the tool started.
+    pub load_average_at_start: Option<f64>,
+    pub connections: usize,
+    pub db_max_connections: u32,
+    pub duration_secs: f64,
+    pub warmup_secs: f64,
+    pub users: usize,
+    pub runs: &'a [RunResult],
+    pub ratios: Vec<Ratio>,
+    pub server_peak_rss_mb: Option<f64>,
+    pub notes: &'a [String],
+    pub passed: bool,
+}
