@@ -44,9 +44,10 @@ pub struct FieldViolation {
 /// Everything a call can fail with.
 ///
 /// A failed write changed nothing, with one exception the retries make
-/// harmless: after [`Error::Unavailable`], [`Error::DeadlineExceeded`] or
-/// [`Error::Conflict`] the write may or may not have been applied, and
-/// sending it again with the same idempotency key is always safe.
+/// harmless: after [`Error::Unavailable`], [`Error::DeadlineExceeded`],
+/// [`Error::Overloaded`] or [`Error::Conflict`] the write may or may not
+/// have been applied, and sending it again with the same idempotency key is
+/// always safe.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -128,6 +129,13 @@ pub enum Error {
         /// The server's or the transport's message.
         message: String,
     },
+    /// The server was at its concurrency limit and shed the call, on every
+    /// attempt; retry later with the same idempotency key.
+    #[error("server overloaded: {message}")]
+    Overloaded {
+        /// The server's message.
+        message: String,
+    },
     /// No answer arrived within the deadline, on every attempt.
     #[error("deadline exceeded: {message}")]
     DeadlineExceeded {
@@ -193,6 +201,7 @@ impl Error {
             | Self::NotRefundable { .. }
             | Self::RefundExceedsOriginal { .. } => Code::FailedPrecondition,
             Self::Conflict { .. } => Code::Aborted,
+            Self::Overloaded { .. } => Code::ResourceExhausted,
             Self::Unavailable { .. } | Self::Connect { .. } => Code::Unavailable,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::Unauthenticated { .. } => Code::Unauthenticated,
@@ -210,6 +219,7 @@ impl Error {
             self,
             Self::Unavailable { .. }
                 | Self::Conflict { .. }
+                | Self::Overloaded { .. }
                 | Self::DeadlineExceeded { .. }
                 | Self::Connect { .. }
         )
@@ -290,6 +300,7 @@ fn from_reason(
             refundable: number("refundableAmount")?,
             requested: number("requestedAmount")?,
         },
+        "PERMISSION_DENIED" => Error::PermissionDenied { message },
         "CONFLICT" => Error::Conflict { message },
         "DATABASE_UNAVAILABLE" => Error::Unavailable { message },
         "INTERNAL" => Error::Internal { message },
@@ -305,6 +316,7 @@ fn from_code(status: &Status, reason: Option<String>) -> Error {
         (Code::Unavailable, None) => Error::Unavailable { message },
         (Code::Aborted, None) => Error::Conflict { message },
         (Code::DeadlineExceeded, None) => Error::DeadlineExceeded { message },
+        (Code::ResourceExhausted, None) => Error::Overloaded { message },
         (Code::Unauthenticated, None) => Error::Unauthenticated { message },
         (Code::PermissionDenied, None) => Error::PermissionDenied { message },
         (Code::Internal, None) => Error::Internal { message },

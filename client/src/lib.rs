@@ -7,8 +7,9 @@
 //!   their optional parts (idempotency key, usage, metadata as JSON) that
 //!   is sent by `.await`ing it.
 //! - Safe retries: every write carries an idempotency key (a fresh UUID
-//!   unless you give one) and is retried on UNAVAILABLE, ABORTED and
-//!   deadline expiry with that same key, after a bounded, jittered
+//!   unless you give one) and is retried on UNAVAILABLE, ABORTED,
+//!   RESOURCE_EXHAUSTED and deadline expiry with that same key, after a
+//!   bounded, jittered
 //!   exponential backoff. The server applies a key once and answers a
 //!   repeat with the original transaction, so a retry never charges twice.
 //! - Typed errors ([`Error`]) read from the server's `google.rpc` details.
@@ -69,7 +70,7 @@ pub use metadata::Metadata;
 pub use model::{Balance, Receipt, Transaction, TransactionType, Usage, User};
 pub use retry::RetryPolicy;
 pub use users::CreateUser;
-pub use writes::{Grant, Parts, Refund, Spend, TopUp, Write, WriteOp, new_idempotency_key};
+pub use writes::{Grant, Refund, Spend, TopUp, Write, WriteOp, new_idempotency_key};
 
 /// The generated `credit.v1` messages and client, for what this crate does
 /// not wrap.

@@ -1,7 +1,8 @@
 //! When and how long to wait before sending a failed call again.
 //!
 //! Only failures that say "try again" are retried: UNAVAILABLE (server or
-//! database unreachable), ABORTED (a concurrent write conflicted) and
+//! database unreachable), ABORTED (a concurrent write conflicted),
+//! RESOURCE_EXHAUSTED (the server shed load at its concurrency limit) and
 //! DEADLINE_EXCEEDED. Writes are safe to send again because every attempt
 //! carries the same idempotency key: the server applies the write at most
 //! once and answers a repeat with the original transaction.
@@ -78,7 +79,7 @@ impl RetryPolicy {
 pub(crate) fn is_retryable(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::Aborted | Code::DeadlineExceeded
+        Code::Unavailable | Code::Aborted | Code::ResourceExhausted | Code::DeadlineExceeded
     )
 }
 
@@ -108,6 +109,7 @@ mod tests {
         assert!(is_retryable(&Status::unavailable("")));
         assert!(is_retryable(&Status::aborted("")));
         assert!(is_retryable(&Status::deadline_exceeded("")));
+        assert!(is_retryable(&Status::resource_exhausted("")));
         assert!(!is_retryable(&Status::failed_precondition("")));
         assert!(!is_retryable(&Status::internal("")));
     }

@@ -8,21 +8,26 @@ mod proxy;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use credit_client::TlsConfig;
 use credit_client::{
     CreditClient, Error, FieldViolation, RetryPolicy, Subject, TransactionType, Usage,
 };
+use credit_server::app::ServeOptions;
+use credit_server::auth::{KeyRing, Role, key_line};
 use futures::TryStreamExt;
-use integration_tests::{TestServer, invariants, ledger_tests};
+use integration_tests::{Backend, TestDb, TestServer, invariants, ledger_tests};
 use proxy::{Fault, Proxy};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::json;
 use tonic::Code;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 ledger_tests!(
     typed_calls_round_trip,
     errors_are_typed_from_error_details,
     lost_answer_is_retried_with_the_same_key_and_charged_once,
     deadline_expiry_is_retried_and_charged_once,
-    conflict_before_applying_is_retried,
+    transient_failures_before_applying_are_retried,
     business_errors_are_not_retried,
     retries_stop_after_max_attempts,
     caller_key_replays_the_original,
@@ -281,15 +286,17 @@ async fn deadline_expiry_is_retried_and_charged_once(server: &TestServer) -> any
     Ok(())
 }
 
-async fn conflict_before_applying_is_retried(server: &TestServer) -> anyhow::Result<()> {
+async fn transient_failures_before_applying_are_retried(server: &TestServer) -> anyhow::Result<()> {
     let proxy = Proxy::start(server).await?;
     let client = client_via(&proxy).await?;
     client.create_user("u", "u@example.com").await?;
 
     proxy.inject("TopUp", Fault::Before(Code::Aborted));
     proxy.inject("TopUp", Fault::Before(Code::Unavailable));
+    // What the server's load shedding answers at its concurrency limit.
+    proxy.inject("TopUp", Fault::Before(Code::ResourceExhausted));
     let receipt = client.top_up("u", 10).await?;
-    ensure!(proxy.calls("TopUp").len() == 3);
+    ensure!(proxy.calls("TopUp").len() == 4);
     ensure!(receipt.balance == 10);
     // Reads retry too.
     proxy.inject("GetBalance", Fault::After(Code::Unavailable));
@@ -449,6 +456,98 @@ async fn pager_applies_filters(server: &TestServer) -> anyhow::Result<()> {
         .await?;
     ensure!(future.is_empty());
     Ok(())
+}
+
+/// A CA, a server certificate for `localhost` and a client certificate, as
+/// PEM: (ca, (server cert, key), (client cert, key)).
+type Pki = (String, (String, String), (String, String));
+
+fn pki() -> anyhow::Result<Pki> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let leaf = |name: &str| -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec![name.to_owned()])?.signed_by(&key, &ca)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    Ok((ca.pem(), leaf("localhost")?, leaf("billing-client")?))
+}
+
+/// The client's bearer token and TLS settings against a server that
+/// requires API keys, TLS and client certificates.
+#[tokio::test]
+async fn keys_and_tls_reach_a_secured_server() -> anyhow::Result<()> {
+    const ADMIN: &str = "admin-key-0123456789";
+    const READER: &str = "reader-key-0123456789";
+    let keys = KeyRing::parse(&format!(
+        "{}\n{}",
+        key_line("ops", Role::Admin, ADMIN),
+        key_line("dashboard", Role::Reader, READER)
+    ))
+    .map_err(anyhow::Error::msg)?;
+    let (ca, (server_cert, server_key), (client_cert, client_key)) = pki()?;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&server_cert, &server_key))
+        .client_ca_root(Certificate::from_pem(&ca));
+    let db = TestDb::create(Backend::Sqlite)
+        .await?
+        .context("sqlite is always there")?;
+    let options = ServeOptions {
+        keys: Some(keys),
+        tls: Some(tls),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(&db.url, options).await?;
+    // By address, so the certificate's name must come from `domain_name`.
+    let endpoint = format!("https://127.0.0.1:{}", server.addr.port());
+    let trust = TlsConfig::new()
+        .ca_certificate_pem(ca.as_bytes())
+        .domain_name("localhost")
+        .client_identity_pem(client_cert.as_bytes(), client_key.as_bytes());
+    let connect = |token: Option<&str>| {
+        let mut builder = CreditClient::builder(endpoint.clone())
+            .tls(trust.clone())
+            .retry_policy(quick_retries());
+        if let Some(token) = token {
+            builder = builder.bearer_token(token);
+        }
+        builder.connect()
+    };
+
+    let admin = connect(Some(ADMIN)).await?;
+    admin.create_user("u", "u@example.com").await?;
+    ensure!(admin.top_up("u", 10).await?.balance == 10);
+
+    match connect(None).await?.get_balance("u").await {
+        Err(Error::Unauthenticated { .. }) => {}
+        other => bail!("expected Unauthenticated, got {other:?}"),
+    }
+    let reader = connect(Some(READER)).await?;
+    ensure!(reader.get_balance("u").await?.balance == 10);
+    match reader.top_up("u", 1).await {
+        Err(e @ Error::PermissionDenied { .. }) => ensure!(!e.is_retryable()),
+        other => bail!("expected PermissionDenied, got {other:?}"),
+    }
+    // Without a client certificate the server refuses the connection.
+    let anonymous = CreditClient::builder(endpoint.clone())
+        .tls(
+            TlsConfig::new()
+                .ca_certificate_pem(ca.as_bytes())
+                .domain_name("localhost"),
+        )
+        .bearer_token(ADMIN)
+        .retry_policy(RetryPolicy::none())
+        .connect()
+        .await;
+    let refused = match anonymous {
+        Ok(client) => client.get_balance("u").await.err(),
+        Err(err) => Some(err),
+    };
+    ensure!(refused.is_some(), "served without a client certificate");
+
+    server.stop().await;
+    db.drop_database().await
 }
 
 #[tokio::test]

@@ -16,8 +16,8 @@ Exit codes:
   5  already exists: user id or email taken, or idempotency key used for another request
   6  insufficient balance
   7  refused by the ledger's rules: not refundable, refund exceeds original, balance overflow
-  8  unavailable: cannot connect, server or database down, deadline exceeded, or a
-     persistent conflict; safe to run again with the same --key
+  8  unavailable: cannot connect, server or database down or overloaded, deadline
+     exceeded, or a persistent conflict; safe to run again with the same --key
   9  unauthenticated or permission denied";
 
 /// Success.
@@ -39,6 +39,7 @@ pub fn code(err: &Error) -> u8 {
         Error::Unavailable { .. }
         | Error::DeadlineExceeded { .. }
         | Error::Conflict { .. }
+        | Error::Overloaded { .. }
         | Error::Connect { .. } => 8,
         Error::Unauthenticated { .. } | Error::PermissionDenied { .. } => 9,
         _ => 1,

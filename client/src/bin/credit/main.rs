@@ -21,12 +21,13 @@ use args::{Cli, Command, HistoryArgs, UsageArgs, UserCommand, WriteOptions};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(code) => ExitCode::from(code),
         Err(err) => exit::fail(&err),
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Error> {
+/// Runs the command; `Ok` holds the exit code of a call that worked.
+async fn run(cli: Cli) -> Result<u8, Error> {
     let client = connect(&cli).await?;
     let json = cli.json;
     match cli.command {
@@ -95,6 +96,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::History(args) => history(&client, args, json).await,
     }
+    .map(|()| exit::OK)
 }
 
 async fn connect(cli: &Cli) -> Result<CreditClient, Error> {
