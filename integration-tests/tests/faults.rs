@@ -85,7 +85,6 @@ mod postgres_outage {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "fails: a failed group-commit batch retries its writes one by one, each waiting the acquire timeout again"]
     async fn concurrent_writes_fail_fast_without_database() {
         run_on_database(
             "concurrent_writes_fail_fast_without_database",

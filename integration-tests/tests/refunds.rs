@@ -71,6 +71,11 @@ async fn top_up_refund_may_go_below_zero(server: &TestServer) -> anyhow::Result<
     ensure!(refund.balance == -400, "balance {}", refund.balance);
     let spend = api::spend(&mut c, "u", 1).await;
     api::assert_error(spend, Code::FailedPrecondition, "INSUFFICIENT_BALANCE");
+    // Credits smaller than the debt are welcome; the balance stays negative.
+    ensure!(api::grant(&mut c, "u", 100).await?.balance == -300);
+    ensure!(api::top_up(&mut c, "u", 50).await?.balance == -250);
+    let spend = api::spend(&mut c, "u", 1).await;
+    api::assert_error(spend, Code::FailedPrecondition, "INSUFFICIENT_BALANCE");
     invariants::check_user(server, "u").await?;
     Ok(())
 }

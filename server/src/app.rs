@@ -95,7 +95,11 @@ pub async fn serve(
 
     let mut builder = Server::builder()
         .timeout(limits.request_timeout)
-        .http2_max_header_list_size(limits.max_header_bytes);
+        .http2_max_header_list_size(limits.max_header_bytes)
+        // A client that abandons a burst of calls (deadlines, cancellations)
+        // resets many streams at once; h2's default of 20 would then close
+        // the whole connection. Still bounded against rapid-reset floods.
+        .http2_max_pending_accept_reset_streams(Some(200));
     if let Some(tls) = options.tls {
         builder = builder.tls_config(tls)?;
     }

@@ -52,7 +52,8 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://credits.db?mode=rwc"
+        default_value = "sqlite://credits.db?mode=rwc",
+        global = true
     )]
     pub database_url: String,
 

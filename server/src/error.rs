@@ -78,6 +78,16 @@ fn describe(violations: &[FieldViolation]) -> String {
 }
 
 impl LedgerError {
+    /// The same failure again, for each write of a batch that failed as a
+    /// whole (database failures; request errors are never batch-wide).
+    pub fn same_again(&self) -> Self {
+        match self {
+            Self::Unavailable(detail) => Self::Unavailable(detail.clone()),
+            Self::Conflict(detail) => Self::Conflict(detail.clone()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+
     /// A single-field `InvalidArgument`.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])

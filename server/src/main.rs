@@ -93,9 +93,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the verifier's report; exits non-zero on any violation.
 async fn verify(config: &Config, user: Option<&str>) -> anyhow::Result<()> {
-    let _ = (config, user);
-    bail!("verify is not available yet")
+    let database = db::connect(&config.database_url, &config.pool)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database at {}",
+                redact(&config.database_url)
+            )
+        })?;
+    let report = credit_server::verify::verify(&database, user)
+        .await
+        .context("cannot read the ledger")?;
+    println!("{report}");
+    database.close().await.ok();
+    if !report.is_clean() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// The configured keys, or `None` when there are none.

@@ -94,7 +94,7 @@ async fn dispatch(
     let mut queued: VecDeque<Job> = VecDeque::new();
     let mut busy_users: HashSet<String> = HashSet::new();
     let mut free = slots;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<String>>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut open = true;
     loop {
         while free > 0 {
@@ -108,11 +108,12 @@ async fn dispatch(
             let (store, done, stats) = (store.clone(), done_tx.clone(), stats.clone());
             tokio::spawn(async move {
                 let size = batch.len() as u64;
-                if run(&store, batch).await {
+                let outcome = run(&store, batch).await;
+                if matches!(outcome, Outcome::Committed) {
                     stats.batches.fetch_add(1, Ordering::Relaxed);
                     stats.writes.fetch_add(size, Ordering::Relaxed);
                 }
-                let _ = done.send(users);
+                let _ = done.send(Done { users, outcome });
             });
         }
         if !open && free == slots && queued.is_empty() {
@@ -129,14 +130,38 @@ async fn dispatch(
                 }
                 None => open = false,
             },
-            Some(users) = done_rx.recv() => {
+            Some(done) = done_rx.recv() => {
                 free += 1;
-                for user in users {
-                    busy_users.remove(&user);
+                for user in &done.users {
+                    busy_users.remove(user);
+                }
+                // The database just proved unreachable: the writes queued
+                // behind that batch would only wait out the same timeout.
+                if let Outcome::Unavailable(err) = done.outcome {
+                    for (_, reply) in queued.drain(..) {
+                        let _ = reply.send(Err(err.same_again()));
+                    }
                 }
             }
         }
     }
+}
+
+/// A batch that finished: its users are free again.
+struct Done {
+    users: Vec<String>,
+    outcome: Outcome,
+}
+
+/// How a batch ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Committed as one transaction.
+    Committed,
+    /// The database could not be reached.
+    Unavailable(LedgerError),
+    /// Failed otherwise (each write got its own answer).
+    Failed,
 }
 
 /// Takes up to `MAX_BATCH` queued writes, oldest first, of users that have
@@ -155,16 +180,21 @@ fn take_batch(queued: &mut VecDeque<Job>, busy_users: &HashSet<String>) -> Vec<J
     batch
 }
 
-/// Applies `jobs` as one batch, or one by one if the batch fails. True when
-/// the batch committed as one.
-async fn run(store: &Store, jobs: Vec<Job>) -> bool {
+/// Applies `jobs` as one batch, or one by one if the batch fails.
+async fn run(store: &Store, jobs: Vec<Job>) -> Outcome {
     let (batch, replies): (Vec<Pending>, Vec<Reply>) = jobs.into_iter().unzip();
     match store.commit_batch(&batch).await {
         Ok(results) => {
             answer(replies, results);
-            return true;
+            return Outcome::Committed;
         }
-        Err(err) if batch.len() == 1 => answer(replies, vec![Err(err)]),
+        // With the database unreachable, retrying one by one would only
+        // fail again after another wait: answer at once.
+        Err(err @ LedgerError::Unavailable(_)) => {
+            answer_all(replies, &err);
+            return Outcome::Unavailable(err);
+        }
+        Err(err) if batch.len() == 1 => answer_all(replies, &err),
         Err(err) => {
             tracing::debug!(%err, size = batch.len(), "batch failed; applying its writes one by one");
             for (pending, reply) in batch.into_iter().zip(replies) {
@@ -181,7 +211,14 @@ async fn run(store: &Store, jobs: Vec<Job>) -> bool {
             }
         }
     }
-    false
+    Outcome::Failed
+}
+
+/// Sends every write of a failed batch the batch's error.
+fn answer_all(replies: Vec<Reply>, err: &LedgerError) {
+    for reply in replies {
+        let _ = reply.send(Err(err.same_again()));
+    }
 }
 
 /// Sends each write its own answer; a caller that went away is skipped.

@@ -121,7 +121,9 @@ pub fn apply(account: &mut Account, change: &Change) -> Result<(i64, i64), Ledge
                 balance: account.balance,
                 delta: change.delta,
             })?;
-    if new_balance < 0 && !change.may_go_negative {
+    // Only taking credits can be refused for want of them: a credit to a
+    // balance left negative by a TOP_UP refund is always welcome.
+    if change.delta < 0 && new_balance < 0 && !change.may_go_negative {
         return Err(LedgerError::InsufficientBalance {
             available: account.balance,
             requested: -change.delta,

@@ -10,6 +10,7 @@ use credit_proto::v1::{self as pb, credit_service_server::CreditService};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Role};
+use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::ledger::model::WriteOutcome;
 use convert::timestamp;
@@ -134,6 +135,37 @@ impl CreditService for CreditApi {
         let tx = self.ledger.transaction(&user_id, &transaction_id).await?;
         Ok(Response::new(pb::GetTransactionResponse {
             transaction: Some(tx.into()),
+        }))
+    }
+
+    async fn verify_ledger(
+        &self,
+        request: Request<pb::VerifyLedgerRequest>,
+    ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        let user_id = request.into_inner().user_id;
+        let user_id = match user_id.is_empty() {
+            true => None,
+            false => Some(requests::user_id(user_id)?),
+        };
+        let report = crate::verify::verify(self.ledger.db(), user_id.as_deref())
+            .await
+            .map_err(LedgerError::from)?;
+        Ok(Response::new(pb::VerifyLedgerResponse {
+            clean: report.is_clean(),
+            users_checked: report.users_checked as i64,
+            transactions_checked: report.transactions_checked as i64,
+            violations_omitted: report.violations_omitted as i64,
+            report: report.to_string(),
+            violations: report
+                .violations
+                .into_iter()
+                .map(|v| pb::LedgerViolation {
+                    user_id: v.user_id,
+                    sequence: v.sequence.unwrap_or_default(),
+                    kind: v.kind.as_str().to_owned(),
+                    detail: v.detail,
+                })
+                .collect(),
         }))
     }
 
