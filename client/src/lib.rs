@@ -9,9 +9,11 @@
 //! - Safe retries: every write carries an idempotency key (a fresh UUID
 //!   unless you give one) and is retried on UNAVAILABLE, ABORTED,
 //!   RESOURCE_EXHAUSTED and deadline expiry with that same key, after a
-//!   bounded, jittered
-//!   exponential backoff. The server applies a key once and answers a
-//!   repeat with the original transaction, so a retry never charges twice.
+//!   bounded, jittered exponential backoff. The server applies a key once
+//!   and answers a repeat with the original transaction, so a retry never
+//!   charges twice.
+//! - [`CreditClient::verify_ledger`]: the server's check of the ledger's
+//!   invariants (admin).
 //! - Typed errors ([`Error`]) read from the server's `google.rpc` details.
 //! - [`ListTransactions::stream`]: every page of a user's history as one
 //!   `futures::Stream`.
@@ -60,6 +62,7 @@ mod metadata;
 mod model;
 mod retry;
 mod users;
+mod verify;
 mod writes;
 
 pub use client::CreditClient;
@@ -70,6 +73,7 @@ pub use metadata::Metadata;
 pub use model::{Balance, Receipt, Transaction, TransactionType, Usage, User};
 pub use retry::RetryPolicy;
 pub use users::CreateUser;
+pub use verify::{LedgerReport, LedgerViolation};
 pub use writes::{Grant, Refund, Spend, TopUp, Write, WriteOp, new_idempotency_key};
 
 /// The generated `credit.v1` messages and client, for what this crate does

@@ -5,6 +5,7 @@ use std::process::Output;
 
 use anyhow::{Context, bail, ensure};
 use integration_tests::{TestServer, ledger_tests};
+use sea_orm::ConnectionTrait;
 use serde_json::Value as Json;
 use tokio::process::Command;
 
@@ -15,6 +16,7 @@ ledger_tests!(
     key_makes_a_rerun_safe,
     history_filters_and_limits,
     server_comes_from_the_environment,
+    verify_exits_10_on_a_broken_ledger,
 );
 
 /// What one run printed and how it exited.
@@ -356,12 +358,46 @@ async fn server_comes_from_the_environment(server: &TestServer) -> anyhow::Resul
     Ok(())
 }
 
+async fn verify_exits_10_on_a_broken_ledger(server: &TestServer) -> anyhow::Result<()> {
+    ok(
+        server,
+        &["user", "create", "hal", "--email", "hal@example.com"],
+    )
+    .await?;
+    ok(server, &["top-up", "hal", "10"]).await?;
+    let clean = ok(server, &["verify"]).await?;
+    ensure!(field(&clean.stdout, "clean")? == "yes", "{}", clean.stdout);
+    let one = ok(server, &["--json", "verify", "hal"]).await?.json()?;
+    ensure!(one["clean"] == true && one["users_checked"] == 1 && one["transactions_checked"] == 1);
+
+    // Money appears from nowhere, behind the ledger's back.
+    server
+        .db
+        .execute_unprepared("UPDATE user_balance SET balance = balance + 1 WHERE user_id = 'hal'")
+        .await?;
+    let broken = credit(server, &["verify"]).await?;
+    ensure!(
+        broken.code == 10,
+        "exit {}: {}{}",
+        broken.code,
+        broken.stdout,
+        broken.stderr
+    );
+    ensure!(field(&broken.stdout, "clean")? == "NO");
+    ensure!(
+        broken.stdout.lines().any(|l| l.starts_with("hal ")),
+        "{}",
+        broken.stdout
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn help_documents_the_exit_codes() -> anyhow::Result<()> {
     let help = run(command().arg("--help")).await?;
     ensure!(help.code == 0);
     ensure!(help.stdout.contains("Exit codes:"));
-    for code in 0..=9 {
+    for code in 0..=10 {
         ensure!(
             help.stdout
                 .lines()

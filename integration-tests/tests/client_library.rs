@@ -266,6 +266,11 @@ async fn lost_answer_is_retried_with_the_same_key_and_charged_once(
     );
     ensure!(usage[0] == receipt.transaction);
     invariants::check_user(server, "u").await?;
+    let report = client.verify_user("u").await?;
+    ensure!(
+        report.clean && report.transactions_checked == 2,
+        "{report:?}"
+    );
     Ok(())
 }
 

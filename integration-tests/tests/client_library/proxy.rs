@@ -256,4 +256,14 @@ impl CreditService for Forward {
         })
         .await
     }
+
+    async fn verify_ledger(
+        &self,
+        r: Request<pb::VerifyLedgerRequest>,
+    ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        self.forward("VerifyLedger", r, no_key, |mut c, r| async move {
+            c.verify_ledger(r).await
+        })
+        .await
+    }
 }

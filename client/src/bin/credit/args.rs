@@ -88,6 +88,12 @@ pub enum Command {
     },
     /// List a user's transactions, newest first.
     History(HistoryArgs),
+    /// Check the ledger's invariants for one user or all (admin key);
+    /// exits 10 when any is violated.
+    Verify {
+        /// The user to check (default: every user).
+        user: Option<String>,
+    },
 }
 
 /// `credit user ...`

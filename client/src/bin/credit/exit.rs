@@ -18,12 +18,15 @@ Exit codes:
   7  refused by the ledger's rules: not refundable, refund exceeds original, balance overflow
   8  unavailable: cannot connect, server or database down or overloaded, deadline
      exceeded, or a persistent conflict; safe to run again with the same --key
-  9  unauthenticated or permission denied";
+  9  unauthenticated or permission denied
+ 10  `credit verify` found broken ledger invariants";
 
 /// Success.
 pub const OK: u8 = 0;
 /// Bad command line (clap also exits with 2).
 pub const USAGE: u8 = 2;
+/// The call worked and found the ledger broken.
+pub const LEDGER_VIOLATED: u8 = 10;
 
 /// The exit code for a failed call.
 pub fn code(err: &Error) -> u8 {

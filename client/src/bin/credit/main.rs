@@ -26,7 +26,8 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Runs the command; `Ok` holds the exit code of a call that worked.
+/// Runs the command; `Ok` holds the exit code of a call that worked (not
+/// always 0: `verify` reports a broken ledger through it).
 async fn run(cli: Cli) -> Result<u8, Error> {
     let client = connect(&cli).await?;
     let json = cli.json;
@@ -95,6 +96,17 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             show(json, &tx, output::transaction)
         }
         Command::History(args) => history(&client, args, json).await,
+        Command::Verify { user } => {
+            let report = match user {
+                Some(user) => client.verify_user(user).await?,
+                None => client.verify_ledger().await?,
+            };
+            show(json, &report, output::ledger_report)?;
+            return Ok(match report.clean {
+                true => exit::OK,
+                false => exit::LEDGER_VIOLATED,
+            });
+        }
     }
     .map(|()| exit::OK)
 }

@@ -1,7 +1,7 @@
 //! How results are printed: aligned tables for people, JSON for scripts.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use credit_client::{Balance, Receipt, Transaction, User};
+use credit_client::{Balance, LedgerReport, Receipt, Transaction, User};
 use serde::Serialize;
 
 /// Prints `value` as pretty JSON.
@@ -98,6 +98,32 @@ pub fn history(transactions: &[Transaction]) {
     table.print(&[0, 3, 4]);
     if transactions.is_empty() {
         println!("(no transactions)");
+    }
+}
+
+/// A ledger check: the counts, then one row per violation.
+pub fn ledger_report(r: &LedgerReport) {
+    fields(&[
+        ("clean", if r.clean { "yes" } else { "NO" }.to_owned()),
+        ("users checked", r.users_checked.to_string()),
+        ("transactions checked", r.transactions_checked.to_string()),
+        (
+            "violations",
+            (r.violations.len() as i64 + r.violations_omitted).to_string(),
+        ),
+    ]);
+    if r.violations.is_empty() {
+        return;
+    }
+    println!();
+    let mut table = Table::new(["USER", "SEQ", "KIND", "DETAIL"]);
+    for v in &r.violations {
+        let seq = v.sequence.map(|s| s.to_string()).unwrap_or_default();
+        table.row([v.user_id.clone(), seq, v.kind.clone(), v.detail.clone()]);
+    }
+    table.print(&[1]);
+    if r.violations_omitted > 0 {
+        println!("(and {} more)", r.violations_omitted);
     }
 }
 
