@@ -65,6 +65,13 @@ impl TestDb {
         }))
     }
 
+    /// A fresh SQLite database (always available).
+    pub async fn sqlite() -> anyhow::Result<TestDb> {
+        Self::create(Backend::Sqlite)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("SQLite is always available"))
+    }
+
     /// Drops the database (SQLite: its directory goes with `self`).
     pub async fn drop_database(self) -> anyhow::Result<()> {
         let Some(admin_url) = &self.admin_url else {

@@ -7,6 +7,7 @@ mod database;
 pub mod invariants;
 pub mod process;
 mod server;
+pub mod storm;
 
 pub use database::{Backend, TestDb};
 pub use server::TestServer;
@@ -22,20 +23,7 @@ pub type Client = CreditServiceClient<Channel>;
 /// set says so and passes; CI sets them all.
 #[macro_export]
 macro_rules! ledger_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { $crate::run(stringify!($name), $crate::Backend::Sqlite, super::$name).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { $crate::run(stringify!($name), $crate::Backend::Postgres, super::$name).await } )*
-        }
-        mod mysql {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { $crate::run(stringify!($name), $crate::Backend::MySql, super::$name).await } )*
-        }
-    };
+    ($($name:ident),* $(,)?) => { $crate::per_backend!(run; $($name),*); };
 }
 
 /// Defines one `#[tokio::test]` per backend for each scenario
@@ -43,23 +31,31 @@ macro_rules! ledger_tests {
 /// and no server (for migration tests).
 #[macro_export]
 macro_rules! database_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test]
-            async fn $name() { $crate::run_on_database(stringify!($name), $crate::Backend::Sqlite, super::$name).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test]
-            async fn $name() { $crate::run_on_database(stringify!($name), $crate::Backend::Postgres, super::$name).await } )*
-        }
-        mod mysql {
-            $( #[tokio::test]
-            async fn $name() { $crate::run_on_database(stringify!($name), $crate::Backend::MySql, super::$name).await } )*
+    ($($name:ident),* $(,)?) => { $crate::per_backend!(run_on_database; $($name),*); };
+}
+
+/// The modules `sqlite`, `postgres` and `mysql`, each with one test per
+/// scenario, run by `$crate::$runner`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! per_backend {
+    ($runner:ident; $($name:ident),*) => {
+        $crate::per_backend!(@module sqlite, Sqlite, $runner; $($name),*);
+        $crate::per_backend!(@module postgres, Postgres, $runner; $($name),*);
+        $crate::per_backend!(@module mysql, MySql, $runner; $($name),*);
+    };
+    (@module $module:ident, $backend:ident, $runner:ident; $($name:ident),*) => {
+        mod $module {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                $crate::$runner(stringify!($name), $crate::Backend::$backend, super::$name).await
+            } )*
         }
     };
 }
 
-/// Runs `scenario` on a fresh database of `backend`, then drops it.
+/// Runs `scenario` on a fresh database of `backend`, then drops it (kept
+/// when the scenario fails, for a look).
 pub async fn run_on_database<F>(name: &str, backend: Backend, scenario: F)
 where
     F: AsyncFnOnce(&TestDb) -> anyhow::Result<()>,
@@ -84,31 +80,18 @@ where
     }
 }
 
-/// Runs `scenario` against a fresh server on `backend`, then drops the
-/// database (kept when the scenario fails, for a look).
+/// Runs `scenario` against a fresh server on a fresh database of `backend`.
 pub async fn run<F>(name: &str, backend: Backend, scenario: F)
 where
     F: AsyncFnOnce(&TestServer) -> anyhow::Result<()>,
 {
-    init_test_logging();
-    let Some(db) = TestDb::create(backend)
-        .await
-        .expect("create the test database")
-    else {
-        eprintln!(
-            "skipped {name} on {backend:?}: {} is not set",
-            backend.env_var()
-        );
-        return;
-    };
-    let url = db.url.clone();
-    let server = TestServer::start(&url).await.expect("start the server");
-    let result = scenario(&server).await;
-    server.stop().await;
-    match result {
-        Ok(()) => db.drop_database().await.expect("drop the test database"),
-        Err(err) => panic!("{name} on {backend:?} failed (database kept at {url}): {err:?}"),
-    }
+    run_on_database(name, backend, async |db: &TestDb| {
+        let server = TestServer::start(&db.url).await?;
+        let result = scenario(&server).await;
+        server.stop().await;
+        result
+    })
+    .await
 }
 
 /// Test logs only when asked: `TEST_LOG=1` (level from `RUST_LOG`).

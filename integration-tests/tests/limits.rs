@@ -7,7 +7,7 @@ use anyhow::ensure;
 use credit_proto::v1 as pb;
 use credit_server::app::{Limits, ServeOptions};
 use futures::future::join_all;
-use integration_tests::{Backend, TestDb, TestServer, api};
+use integration_tests::{TestDb, TestServer, api};
 use prost_types::{Struct, Value, value::Kind};
 use sea_orm::{
     Database, DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait,
@@ -16,9 +16,7 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 
 async fn start(limits: Limits) -> anyhow::Result<(TestDb, TestServer)> {
-    let db = TestDb::create(Backend::Sqlite)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("sqlite"))?;
+    let db = TestDb::sqlite().await?;
     let server = TestServer::start_with(
         &db.url,
         ServeOptions {

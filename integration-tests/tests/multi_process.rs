@@ -10,21 +10,18 @@
 //! (one file, `BEGIN IMMEDIATE` across processes) with 2. A backend whose
 //! URL is unset says so and passes.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use credit_proto::v1 as pb;
 use credit_server::config::PoolSettings;
 use credit_server::entity::{credit_transaction as ctx, user_balance};
 use credit_server::verify::verify;
 use futures::future::join_all;
 use integration_tests::process::ServerProcess;
-use integration_tests::{Backend, Client, TestDb, api, run_on_database};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use integration_tests::storm::{Acked, Storm};
+use integration_tests::{Backend, TestDb, api, run_on_database};
+use rand::Rng;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-use tonic::{Code, Status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_two_processes() {
@@ -62,9 +59,6 @@ const CLIENTS: usize = 30;
 const OPS_PER_CLIENT: usize = 40;
 const USERS: [&str; 4] = ["m0", "m1", "m2", "m3"];
 
-/// What clients were told was applied, by user: (transaction id, amount).
-type Acked = Arc<Mutex<HashMap<String, Vec<(String, i64)>>>>;
-
 async fn storm(test_db: &TestDb, processes: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     // The first start migrates the fresh database; the others find it done.
@@ -96,10 +90,15 @@ async fn run_storm(
     }
     let acked: Acked = Default::default();
     let seed: u64 = rand::rng().random();
+    let storm = Storm {
+        users: &USERS,
+        ops_per_client: OPS_PER_CLIENT,
+        seed,
+    };
     let workers = clients
         .into_iter()
         .enumerate()
-        .map(|(i, c)| client(c, i, seed, acked.clone()));
+        .map(|(i, c)| storm.client(c, i, acked.clone()));
     for result in join_all(workers).await {
         result.with_context(|| format!("storm seed {seed}"))?;
     }
@@ -157,103 +156,4 @@ async fn run_storm(
         started.elapsed()
     );
     Ok(())
-}
-
-/// One client: random writes on random users, each with its own key; reads
-/// in between. Only the ledger's own refusals may fail a write.
-async fn client(mut c: Client, i: usize, seed: u64, acked: Acked) -> anyhow::Result<()> {
-    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
-    for n in 0..OPS_PER_CLIENT {
-        let user = USERS[rng.random_range(0..USERS.len())];
-        let amount = rng.random_range(1..200);
-        let key = format!("m{i}-{n}");
-        let result = match rng.random_range(0..100) {
-            0..35 => spend(&mut c, user, amount, &key).await,
-            35..55 => api::top_up_with_key(&mut c, user, amount, &key)
-                .await
-                .map(|r| r.transaction),
-            55..65 => grant(&mut c, user, amount, &key).await,
-            65..85 => {
-                let target = {
-                    let acked = acked.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-                    acked.get(user).and_then(|txs| {
-                        (!txs.is_empty()).then(|| txs[rng.random_range(0..txs.len())].0.clone())
-                    })
-                };
-                let Some(target) = target else { continue };
-                refund(&mut c, user, &target, rng.random_range(1..100), &key).await
-            }
-            _ => {
-                api::balance(&mut c, user).await?;
-                continue;
-            }
-        };
-        match result {
-            Ok(Some(tx)) => acked
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .entry(user.to_owned())
-                .or_default()
-                .push((tx.transaction_id, tx.amount)),
-            Ok(None) => anyhow::bail!("{key}: a write answered without its transaction"),
-            Err(s) if s.code() == Code::FailedPrecondition => {
-                let reason = api::reason(&s).unwrap_or_default();
-                ensure!(
-                    [
-                        "INSUFFICIENT_BALANCE",
-                        "REFUND_EXCEEDS_ORIGINAL",
-                        "NOT_REFUNDABLE"
-                    ]
-                    .contains(&reason.as_str()),
-                    "{key}: unexpected refusal {s:?}"
-                );
-            }
-            // A conflict or an internal error between processes is a bug.
-            Err(s) => anyhow::bail!("{key}: unexpected error {s:?}"),
-        }
-    }
-    Ok(())
-}
-
-type Written = Result<Option<pb::Transaction>, Status>;
-
-async fn spend(c: &mut Client, user: &str, amount: i64, key: &str) -> Written {
-    api::spend_with_key(c, user, amount, key)
-        .await
-        .map(|r| r.transaction)
-}
-
-async fn grant(c: &mut Client, user: &str, amount: i64, key: &str) -> Written {
-    let request = pb::GrantRequest {
-        user_id: user.to_owned(),
-        amount,
-        idempotency_key: key.to_owned(),
-        reason: "storm grant".to_owned(),
-        metadata: None,
-    };
-    c.grant(with_deadline(request))
-        .await
-        .map(|r| r.into_inner().transaction)
-}
-
-async fn refund(c: &mut Client, user: &str, target: &str, amount: i64, key: &str) -> Written {
-    let request = pb::RefundRequest {
-        user_id: user.to_owned(),
-        transaction_id: target.to_owned(),
-        amount: Some(amount),
-        idempotency_key: key.to_owned(),
-        reason: "storm refund".to_owned(),
-        metadata: None,
-    };
-    c.refund(with_deadline(request))
-        .await
-        .map(|r| r.into_inner().transaction)
-}
-
-/// A generous deadline: a call stuck behind a lock fails the test instead
-/// of hanging it.
-fn with_deadline<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(Duration::from_secs(15));
-    request
 }

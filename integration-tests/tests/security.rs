@@ -5,7 +5,7 @@ use anyhow::ensure;
 use credit_proto::v1 as pb;
 use credit_server::app::ServeOptions;
 use credit_server::auth::{KeyRing, Role, key_line};
-use integration_tests::{Backend, Client, TestDb, TestServer, api};
+use integration_tests::{Client, TestDb, TestServer, api};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
@@ -41,9 +41,7 @@ fn balance_of(user: &str) -> pb::GetBalanceRequest {
 
 #[tokio::test]
 async fn keys_and_roles_decide_who_may_call() -> anyhow::Result<()> {
-    let db = TestDb::create(Backend::Sqlite)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("sqlite"))?;
+    let db = TestDb::sqlite().await?;
     let server = TestServer::start_with(
         &db.url,
         ServeOptions {
@@ -210,9 +208,7 @@ fn pki() -> anyhow::Result<Pki> {
 #[tokio::test]
 async fn tls_and_client_certificates() -> anyhow::Result<()> {
     let pki = pki()?;
-    let db = TestDb::create(Backend::Sqlite)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("sqlite"))?;
+    let db = TestDb::sqlite().await?;
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&pki.server.0, &pki.server.1))
         .client_ca_root(Certificate::from_pem(&pki.ca));

@@ -47,14 +47,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let tls = load_tls(&config.security)?;
 
-    let database = db::connect(&config.database_url, &config.pool)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database at {}",
-                redact(&config.database_url)
-            )
-        })?;
+    let database = open_database(&config).await?;
     db::migrate(&database)
         .await
         .context("cannot migrate the database")?;
@@ -95,14 +88,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Prints the verifier's report; exits non-zero on any violation.
 async fn verify(config: &Config, user: Option<&str>) -> anyhow::Result<()> {
-    let database = db::connect(&config.database_url, &config.pool)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database at {}",
-                redact(&config.database_url)
-            )
-        })?;
+    let database = open_database(config).await?;
     let report = credit_server::verify::verify(&database, user)
         .await
         .context("cannot read the ledger")?;
@@ -112,6 +98,17 @@ async fn verify(config: &Config, user: Option<&str>) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+async fn open_database(config: &Config) -> anyhow::Result<sea_orm::DatabaseConnection> {
+    db::connect(&config.database_url, &config.pool)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database at {}",
+                redact(&config.database_url)
+            )
+        })
 }
 
 /// The configured keys, or `None` when there are none.
