@@ -77,6 +77,18 @@ pub enum UserBalance {
     UpdatedAt,
 }
 
+/// A new table, compared byte for byte on MySQL/MariaDB: their default
+/// collation ignores case and accents, which would make "ALICE" the same
+/// user as "alice" and "KEY" the same idempotency key as "key".
+pub fn new_table(backend: DbBackend, name: impl IntoIden) -> TableCreateStatement {
+    let mut table = Table::create();
+    table.table(name);
+    if backend == DbBackend::MySql {
+        table.character_set("utf8mb4").collate("utf8mb4_bin");
+    }
+    table
+}
+
 /// The `user` table's name quoted for raw SQL on `backend`.
 pub fn quoted_user_table(backend: DbBackend) -> &'static str {
     match backend {

@@ -3,7 +3,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::columns::{CreditTransaction as Tx, ID_LEN, User, credits, text, timestamp};
+use crate::columns::{CreditTransaction as Tx, ID_LEN, User, credits, new_table, text, timestamp};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -14,8 +14,7 @@ impl MigrationTrait for Migration {
         let db = manager.get_database_backend();
         manager
             .create_table(
-                Table::create()
-                    .table(User::Table)
+                new_table(db, User::Table)
                     .col(text(User::Id, ID_LEN).not_null().primary_key())
                     .col(text(User::Email, 320).not_null().unique_key())
                     .col(text(User::Name, 256).not_null().default(""))
@@ -28,8 +27,7 @@ impl MigrationTrait for Migration {
 
         manager
             .create_table(
-                Table::create()
-                    .table(Tx::Table)
+                new_table(db, Tx::Table)
                     .col(text(Tx::Id, 36).not_null().primary_key())
                     .col(text(Tx::UserId, ID_LEN).not_null())
                     .col(credits(Tx::Sequence))

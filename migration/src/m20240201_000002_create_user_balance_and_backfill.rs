@@ -9,7 +9,9 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{DbBackend, Statement, Value};
 
-use crate::columns::{ID_LEN, User, UserBalance, credits, quoted_user_table, text, timestamp};
+use crate::columns::{
+    ID_LEN, User, UserBalance, credits, new_table, quoted_user_table, text, timestamp,
+};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -20,8 +22,7 @@ impl MigrationTrait for Migration {
         let db = manager.get_database_backend();
         manager
             .create_table(
-                Table::create()
-                    .table(UserBalance::Table)
+                new_table(db, UserBalance::Table)
                     .col(text(UserBalance::UserId, ID_LEN).not_null().primary_key())
                     .col(credits(UserBalance::Balance).default(0))
                     .col(credits(UserBalance::OpeningBalance).default(0))

@@ -131,13 +131,47 @@ impl From<DbErr> for LedgerError {
     }
 }
 
+/// Most field violations one answer lists: an answer must stay within the
+/// HTTP/2 header limits whatever the request was.
+const MAX_REPORTED_VIOLATIONS: usize = 10;
+/// Longest field path an answer repeats (metadata paths are caller keys).
+const MAX_REPORTED_FIELD_CHARS: usize = 128;
+
+/// The violations an answer reports: the first few, each field path cut to
+/// a bounded length, and a note of how many more there were.
+fn reportable(violations: &[FieldViolation]) -> Vec<FieldViolation> {
+    let mut shown: Vec<FieldViolation> = violations
+        .iter()
+        .take(MAX_REPORTED_VIOLATIONS)
+        .map(|v| {
+            let mut field: String = v.field.chars().take(MAX_REPORTED_FIELD_CHARS).collect();
+            if field.len() < v.field.len() {
+                field.push('…');
+            }
+            FieldViolation::new(field, v.description.clone())
+        })
+        .collect();
+    if violations.len() > MAX_REPORTED_VIOLATIONS {
+        shown.push(FieldViolation::new(
+            "",
+            format!(
+                "and {} more violations",
+                violations.len() - MAX_REPORTED_VIOLATIONS
+            ),
+        ));
+    }
+    shown
+}
+
 impl From<LedgerError> for Status {
     fn from(err: LedgerError) -> Self {
-        let message = err.to_string();
+        let mut message = err.to_string();
         let mut details = ErrorDetails::new();
         let (code, reason) = match &err {
             LedgerError::InvalidArgument(violations) => {
-                for v in violations {
+                let shown = reportable(violations);
+                message = format!("invalid request: {}", describe(&shown));
+                for v in &shown {
                     details.add_bad_request_violation(&v.field, &v.description);
                 }
                 (Code::InvalidArgument, "INVALID_ARGUMENT")

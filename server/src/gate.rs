@@ -13,6 +13,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::auth::{Caller, KeyRing, required_role};
+use crate::error::{FieldViolation, LedgerError};
 
 const SERVICE_PREFIX: &str = "/credit.v1.CreditService/";
 
@@ -95,11 +96,35 @@ where
             request.extensions_mut().insert(caller);
         }
         Box::pin(async move {
-            let response = inner.call(request).await;
+            let response = inner.call(request).await?;
             drop(permit);
-            response
+            Ok(undecodable_as_invalid(response))
         })
     }
+}
+
+/// tonic answers a request it cannot decode with INTERNAL, as if the
+/// server were at fault. The caller is: the only way our messages fail to
+/// decode, beyond corruption, is metadata nested past the decoder's depth
+/// limit. Answer INVALID_ARGUMENT with the usual details instead.
+fn undecodable_as_invalid(response: http::Response<Body>) -> http::Response<Body> {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .replace("%20", " ")
+    };
+    if header("grpc-status") != "13" || !header("grpc-message").starts_with("failed to decode") {
+        return response;
+    }
+    let violation = if header("grpc-message").contains("recursion limit") {
+        FieldViolation::new("metadata", "is nested too deeply (at most 30 levels)")
+    } else {
+        FieldViolation::new("", "is not a valid credit.v1 request message")
+    };
+    Status::from(LedgerError::InvalidArgument(vec![violation])).into_http()
 }
 
 impl<S> Gate<S> {

@@ -1,7 +1,8 @@
 //! Reads: balances, single transactions and history pages. Reads never lock
 //! and never touch `user`'s columns for money.
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use chrono::{DateTime, Utc};
+use sea_orm::{ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value};
 
 use super::model::{Balance, HistoryPage, HistoryQuery, Transaction};
 use super::{Ledger, page_token};
@@ -68,11 +69,21 @@ impl Ledger {
             select =
                 select.filter(ctx::Column::Type.is_in(filter.kinds.iter().map(|k| k.as_str())));
         }
+        // MySQL takes a zoned time as a TIMESTAMP (1970 to 2038 only); the
+        // column is a DATETIME in UTC, so bind the plain UTC time there.
+        let mysql = self.db().get_database_backend() == DbBackend::MySql;
+        let bound = |t: DateTime<Utc>| -> Value {
+            if mysql {
+                t.naive_utc().into()
+            } else {
+                t.into()
+            }
+        };
         if let Some(after) = filter.created_after {
-            select = select.filter(ctx::Column::CreatedAt.gte(after));
+            select = select.filter(ctx::Column::CreatedAt.gte(bound(after)));
         }
         if let Some(before) = filter.created_before {
-            select = select.filter(ctx::Column::CreatedAt.lt(before));
+            select = select.filter(ctx::Column::CreatedAt.lt(bound(before)));
         }
         if let Some(graph_exec_id) = &filter.graph_exec_id {
             select = select.filter(ctx::Column::GraphExecId.eq(graph_exec_id));

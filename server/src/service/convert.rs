@@ -1,7 +1,7 @@
 //! Domain -> wire conversions, and the wire types (Struct, Timestamp) whose
 //! reading needs care.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use credit_proto::v1 as pb;
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
@@ -19,7 +19,11 @@ pub fn from_timestamp(t: &Timestamp) -> Result<DateTime<Utc>, &'static str> {
     if !(0..1_000_000_000).contains(&t.nanos) {
         return Err("nanos must be between 0 and 999,999,999");
     }
-    DateTime::from_timestamp(t.seconds, t.nanos as u32).ok_or("the time is out of range")
+    // Years 1 to 9999: what every supported database stores and compares
+    // correctly (SQLite compares times as text, four-digit years).
+    DateTime::from_timestamp(t.seconds, t.nanos as u32)
+        .filter(|t| (1..=9999).contains(&t.year()))
+        .ok_or("must be between 0001-01-01 and 9999-12-31")
 }
 
 pub fn tx_kind(kind: TxKind) -> pb::TransactionType {

@@ -83,6 +83,9 @@ impl Checker {
                 field,
                 format!("must be at most {MAX_TEXT_CHARS} characters, got {chars}"),
             );
+        } else if value.contains('\0') {
+            // PostgreSQL text cannot hold NUL; refuse it on every database.
+            self.fail(field, "must not contain NUL characters");
         }
         (!value.is_empty()).then_some(value)
     }
