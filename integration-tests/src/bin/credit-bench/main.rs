@@ -3,6 +3,7 @@
 //! invariants checked after every run. See docs/benchmarks.md.
 
 mod args;
+mod cpu;
 mod database;
 mod grpc;
 mod invariants;

@@ -37,18 +37,38 @@ fn render(
     lines: &BTreeMap<(&'static str, TargetKind), Series>,
 ) -> anyhow::Result<()> {
     let all = || lines.values().flatten();
-    let max_clients = all().map(|p| p.0).fold(1.0, f64::max);
+    // Client counts grow geometrically (1, 8, 32, 64) and p99 spans orders
+    // of magnitude: both axes are logarithmic, drawn as log2(clients) and
+    // log10(ms) on linear axes so the ticks land on readable values.
+    let x = |clients: f64| clients.log2();
+    let y = |ms: f64| ms.max(0.001).log10();
+    let max_x = all().map(|p| x(p.0)).fold(0.0, f64::max);
     let max_ops = all().map(|p| p.1).fold(1.0, f64::max);
-    let min_p99 = all().map(|p| p.2).fold(f64::MAX, f64::min).max(0.01);
-    let max_p99 = all().map(|p| p.2).fold(0.01, f64::max);
-    // Client counts grow geometrically (1, 8, 32, 64): a log axis spaces them.
-    let x_range = (0.8..max_clients * 1.25).log_scale();
+    let min_y = all().map(|p| y(p.2)).fold(f64::MAX, f64::min);
+    let max_y = all().map(|p| y(p.2)).fold(f64::MIN, f64::max);
+    let x_range = -0.3..max_x + 0.3;
+    let y_range = (min_y - 0.2).floor()..(max_y + 0.2).ceil();
+    let single_scenario = lines
+        .keys()
+        .map(|k| k.0)
+        .collect::<Vec<_>>()
+        .windows(2)
+        .all(|w| w[0] == w[1]);
 
     let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 20))?;
     let (left, right) = root.split_horizontally(WIDTH / 2);
 
+    // Ticks at whole powers of two only.
+    let clients_label = |v: &f64| {
+        if (v - v.round()).abs() < 1e-6 {
+            format!("{}", 2f64.powf(v.round()))
+        } else {
+            String::new()
+        }
+    };
+    let x_ticks = max_x.ceil() as usize + 2;
     let mut throughput = ChartBuilder::on(&left)
         .caption("throughput (ops/s)", ("sans-serif", 16))
         .margin(12)
@@ -59,55 +79,58 @@ fn render(
         .configure_mesh()
         .light_line_style(TRANSPARENT)
         .x_desc("clients")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .x_labels(x_ticks)
+        .x_label_formatter(&clients_label)
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
 
-    // p99 spans orders of magnitude between 1 and 64 clients: log axis.
     let mut p99 = ChartBuilder::on(&right)
-        .caption("p99 latency (ms)", ("sans-serif", 16))
+        .caption("p99 latency (ms, log scale)", ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(x_range, (min_p99 / 1.5..max_p99 * 1.5).log_scale())?;
+        .build_cartesian_2d(x_range, y_range)?;
     p99.configure_mesh()
         .light_line_style(TRANSPARENT)
-        .y_labels(12)
         .x_desc("clients")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.2}"))
+        .x_labels(x_ticks)
+        .x_label_formatter(&clients_label)
+        .y_labels(10)
+        .y_label_formatter(&|v| format!("{}", round_sig(10f64.powf(*v))))
         .draw()?;
 
     for (i, ((scenario, target), points)) in lines.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = if single_scenario {
+            target_color(*target)
+        } else {
+            Palette99::pick(i).to_rgba()
+        };
         let label = format!("{scenario} {}", target.name());
+        let style = color.stroke_width(2);
         throughput
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.0, p.1)),
-                color.stroke_width(2),
-            ))?
+            .draw_series(LineSeries::new(points.iter().map(|p| (x(p.0), p.1)), style))?
             .label(label.clone())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
         throughput.draw_series(
             points
                 .iter()
-                .map(|p| Circle::new((p.0, p.1), 3, color.filled())),
+                .map(|p| Circle::new((x(p.0), p.1), 3, color.filled())),
         )?;
         p99.draw_series(LineSeries::new(
-            points.iter().map(|p| (p.0, p.2)),
-            color.stroke_width(2),
+            points.iter().map(|p| (x(p.0), y(p.2))),
+            style,
         ))?
         .label(label)
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
         p99.draw_series(
             points
                 .iter()
-                .map(|p| Circle::new((p.0, p.2), 3, color.filled())),
+                .map(|p| Circle::new((x(p.0), y(p.2)), 3, color.filled())),
         )?;
     }
     throughput
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
@@ -118,6 +141,24 @@ fn render(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// Service red, raw blue, peer green: the same in every plot.
+fn target_color(target: TargetKind) -> RGBAColor {
+    match target {
+        TargetKind::Service => RGBColor(214, 39, 40).to_rgba(),
+        TargetKind::Raw => RGBColor(31, 119, 180).to_rgba(),
+        TargetKind::Peer => RGBColor(44, 160, 44).to_rgba(),
+    }
+}
+
+/// Two significant digits, for tick labels.
+fn round_sig(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 0.0;
+    }
+    let scale = 10f64.powf(v.log10().floor() - 1.0);
+    (v / scale).round() * scale
 }
 
 /// The plot title for a set of results.

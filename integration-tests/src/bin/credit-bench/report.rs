@@ -30,6 +30,10 @@ pub struct RunResult {
     /// Peak VmRSS of the server process during the run (service runs of a
     /// server this tool started).
     pub server_peak_rss_mb: Option<f64>,
+    /// CPU capacity (%) that work other than the benchmark's (server,
+    /// database, clients) used during the run: above a few percent,
+    /// something competed with it.
+    pub other_cpu_percent: Option<f64>,
     pub users_checked: u64,
     pub invariant_violations: Vec<String>,
 }
@@ -85,6 +89,7 @@ impl RunResult {
             by_op,
             errors: m.errors.clone(),
             server_peak_rss_mb: None,
+            other_cpu_percent: None,
             users_checked: 0,
             invariant_violations: Vec::new(),
         }
@@ -156,7 +161,7 @@ pub fn render(results: &[RunResult], notes: &[String]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<13} {:<8} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  errors",
+        "{:<13} {:<8} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5}  errors",
         "scenario",
         "target",
         "clients",
@@ -166,7 +171,8 @@ pub fn render(results: &[RunResult], notes: &[String]) -> String {
         "p90 ms",
         "p99 ms",
         "max ms",
-        "rss MB"
+        "rss MB",
+        "other"
     );
     for r in results {
         let rss = r
@@ -183,7 +189,7 @@ pub fn render(results: &[RunResult], notes: &[String]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<13} {:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}  {errors}",
+            "{:<13} {:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>5}  {errors}",
             r.scenario.name(),
             r.target.name(),
             r.clients,
@@ -194,6 +200,8 @@ pub fn render(results: &[RunResult], notes: &[String]) -> String {
             r.latency_ms.p99,
             r.latency_ms.max,
             rss,
+            r.other_cpu_percent
+                .map_or_else(|| "-".to_owned(), |p| format!("{p:.0}%")),
         );
         for (op, stats) in &r.by_op {
             let _ = writeln!(

@@ -5,8 +5,10 @@
 use anyhow::Context;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::args::{Args, Scenario, TargetKind};
+use crate::cpu::CpuSnapshot;
 use crate::database::BenchDb;
 use crate::grpc::{self, Client};
 use crate::invariants;
@@ -234,8 +236,17 @@ async fn bench(
                 if let Some(rss) = &env.rss {
                     rss.take_peak_mb();
                 }
+                let server_pid = env.server.as_ref().map(|s| s.pid);
+                let cpu_before = CpuSnapshot::take(server_pid);
+                let wall = Instant::now();
                 let m = runner::measure(target, workload.clone(), spec, &bar).await?;
                 let mut result = RunResult::new(scenario, kind, clients, &m);
+                result.other_cpu_percent =
+                    cpu_before
+                        .zip(CpuSnapshot::take(server_pid))
+                        .map(|(before, after)| {
+                            before.foreign_percent(&after, wall.elapsed().as_secs_f64(), cpus)
+                        });
                 if kind == TargetKind::Service {
                     result.server_peak_rss_mb = env.rss.as_ref().and_then(|r| r.take_peak_mb());
                 }
