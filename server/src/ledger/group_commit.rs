@@ -183,8 +183,10 @@ fn take_batch(queued: &mut VecDeque<Job>, busy_users: &HashSet<String>) -> Vec<J
 /// Applies `jobs` as one batch, or one by one if the batch fails.
 async fn run(store: &Store, jobs: Vec<Job>) -> Outcome {
     let (batch, replies): (Vec<Pending>, Vec<Reply>) = jobs.into_iter().unzip();
+    let started = std::time::Instant::now();
     match store.commit_batch(&batch).await {
         Ok(results) => {
+            tracing::debug!(size = batch.len(), took = ?started.elapsed(), "batch committed");
             answer(replies, results);
             return Outcome::Committed;
         }
