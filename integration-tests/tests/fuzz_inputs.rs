@@ -1141,6 +1141,15 @@ fn json_object(s: &Struct) -> Result<String, String> {
     Ok(object(s)?.to_string())
 }
 
+/// A field path as an answer reports it: at most 128 characters, then '…'.
+fn reported_field(field: &str) -> String {
+    let mut shown: String = field.chars().take(128).collect();
+    if shown.len() < field.len() {
+        shown.push('…');
+    }
+    shown
+}
+
 /// A valid wire timestamp: nanos in 0..1e9 and a time in years 1 to 9999.
 fn time_ok(t: &Timestamp) -> Option<DateTime<Utc>> {
     if !(0..1_000_000_000).contains(&t.nanos) {
@@ -1501,6 +1510,10 @@ fn check(
             let status = refused(Code::InvalidArgument, "INVALID_ARGUMENT")?;
             let mut named = api::bad_fields(&status);
             named.sort();
+            // Answers cut long field paths (metadata keys are the caller's)
+            // to 128 characters and a '…'.
+            let mut fields: Vec<String> = fields.iter().map(|f| reported_field(f)).collect();
+            fields.sort();
             ensure!(
                 named == fields,
                 "BadRequest names {named:?}, expected {fields:?}"
