@@ -21,6 +21,8 @@
 //! server is known to mishandle are kept out of the generators and pinned
 //! by the `#[ignore]`d tests at the end, each with the bug it shows.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -28,10 +30,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use chrono::{DateTime, Utc};
 use credit_proto::v1 as pb;
-use integration_tests::{Backend, Client, TestDb, TestServer, api};
+use integration_tests::{Backend, Client, TestServer, api};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -586,42 +588,12 @@ fn seed_usage() -> pb::UsageDetails {
 // ---------------------------------------------------------------------------
 // Running a case.
 
-fn config() -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(128);
-    Config {
-        cases,
-        // Regression files would land in the source tree; the minimal
-        // failing input is printed in the panic instead.
-        failure_persistence: None,
-        max_shrink_time: 120_000,
-        ..Config::default()
-    }
-}
-
 fn run_backend(backend: Backend) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let Some(db) = rt
-        .block_on(TestDb::create(backend))
-        .expect("create the test database")
-    else {
-        eprintln!(
-            "skipped fuzz_inputs on {backend:?}: {} is not set",
-            backend.env_var()
-        );
+    let Some(live) = common::start("fuzz_inputs", backend) else {
         return;
     };
-    let server = rt
-        .block_on(TestServer::start(&db.url))
-        .expect("start the server");
-    let client = rt.block_on(server.client()).expect("connect");
-    let config = config();
+    let (rt, client) = (&live.rt, &live.client);
+    let config = common::config(128);
     let cases = config.cases;
     let mut runner = TestRunner::new(config);
     let answers = RefCell::new(BTreeMap::new());
@@ -646,13 +618,7 @@ fn run_backend(backend: Backend) {
         started.elapsed(),
         answers.borrow()
     );
-    rt.block_on(server.stop());
-    match result {
-        Ok(()) => rt
-            .block_on(db.drop_database())
-            .expect("drop the test database"),
-        Err(err) => panic!("fuzz_inputs on {backend:?} ({}): {err}", db.url),
-    }
+    live.finish("fuzz_inputs", result);
 }
 
 /// What one call answered, for the run's summary.

@@ -10,16 +10,18 @@
 //! reruns) never see each other's state. `PROPTEST_CASES` sets the number
 //! of cases (default 32).
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use credit_proto::v1 as pb;
-use integration_tests::{Backend, Client, TestDb, TestServer, api, invariants};
+use integration_tests::{Backend, Client, TestServer, api, invariants};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 use prost_types::{Struct, Value, value::Kind};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -457,43 +459,12 @@ fn graph_usage(id: &str) -> pb::UsageDetails {
 // ---------------------------------------------------------------------------
 // Running a case.
 
-fn config() -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
-    Config {
-        cases,
-        // Regression files would land in the source tree; the minimal
-        // failing input is printed in the panic instead.
-        failure_persistence: None,
-        // Every shrink step replays a whole case against the server.
-        max_shrink_time: 120_000,
-        ..Config::default()
-    }
-}
-
 fn run_backend(backend: Backend) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let Some(db) = rt
-        .block_on(TestDb::create(backend))
-        .expect("create the test database")
-    else {
-        eprintln!(
-            "skipped model_based on {backend:?}: {} is not set",
-            backend.env_var()
-        );
+    let Some(live) = common::start("model_based", backend) else {
         return;
     };
-    let server = rt
-        .block_on(TestServer::start(&db.url))
-        .expect("start the server");
-    let client = rt.block_on(server.client()).expect("connect");
-    let config = config();
+    let (rt, server, client) = (&live.rt, &live.server, &live.client);
+    let config = common::config(32);
     let cases = config.cases;
     let mut runner = TestRunner::new(config);
     let outcomes = RefCell::new(BTreeMap::new());
@@ -502,7 +473,7 @@ fn run_backend(backend: Backend) {
         let ns = format!("m{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let mut client = client.clone();
         let case = rt.block_on(async {
-            tokio::time::timeout(CASE_TIMEOUT, run_case(&server, &mut client, ns, &ops)).await
+            tokio::time::timeout(CASE_TIMEOUT, run_case(server, &mut client, ns, &ops)).await
         });
         match case {
             Ok(Ok(seen)) => {
@@ -521,13 +492,7 @@ fn run_backend(backend: Backend) {
         started.elapsed(),
         outcomes.borrow()
     );
-    rt.block_on(server.stop());
-    match result {
-        Ok(()) => rt
-            .block_on(db.drop_database())
-            .expect("drop the test database"),
-        Err(err) => panic!("model_based on {backend:?} ({}): {err}", db.url),
-    }
+    live.finish("model_based", result);
 }
 
 async fn run_case(
