@@ -72,7 +72,10 @@ impl Ledger {
         // MySQL takes a zoned time as a TIMESTAMP (1970 to 2038 only); the
         // column is a DATETIME in UTC, so bind the plain UTC time there.
         let mysql = self.db().get_database_backend() == DbBackend::MySql;
+        // Times are stored to the microsecond, and databases round a finer
+        // bound to the nearest one; rounding it up keeps `>=` and `<` exact.
         let bound = |t: DateTime<Utc>| -> Value {
+            let t = ceil_to_micros(t);
             if mysql {
                 t.naive_utc().into()
             } else {
@@ -115,4 +118,16 @@ impl Ledger {
     async fn ensure_user(&self, user_id: &str) -> Result<(), LedgerError> {
         self.balance(user_id).await.map(|_| ())
     }
+}
+
+/// `t` rounded up to a whole microsecond.
+fn ceil_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    let extra_nanos = t.timestamp_subsec_nanos() % 1_000;
+    if extra_nanos == 0 {
+        return t;
+    }
+    t.checked_add_signed(chrono::TimeDelta::nanoseconds(i64::from(
+        1_000 - extra_nanos,
+    )))
+    .unwrap_or(t)
 }
