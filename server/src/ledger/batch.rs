@@ -27,8 +27,8 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{CaseStatement, Expr};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect, Statement,
 };
 use uuid::Uuid;
 
@@ -230,13 +230,35 @@ async fn stored_by_key<C: ConnectionTrait>(
     if wanted.is_empty() {
         return Ok(HashMap::new());
     }
-    let users: HashSet<&str> = wanted.iter().map(|(u, _)| *u).collect();
-    let keys: HashSet<&str> = wanted.iter().map(|(_, k)| *k).collect();
-    let rows = ctx::Entity::find()
-        .filter(ctx::Column::UserId.is_in(users))
-        .filter(ctx::Column::IdempotencyKey.is_in(keys))
-        .all(db)
-        .await?;
+    let rows = if db.get_database_backend() == DbBackend::Postgres {
+        // One probe of the unique (user_id, idempotency_key) index per pair,
+        // whatever the table's statistics say. With `user_id IN .. AND key
+        // IN ..` a fresh, never-analysed table lets PostgreSQL scan all of a
+        // busy user's rows instead (milliseconds per batch, growing).
+        let (users, keys): (Vec<String>, Vec<String>) = wanted
+            .iter()
+            .map(|(u, k)| ((*u).to_owned(), (*k).to_owned()))
+            .unzip();
+        let sql = "SELECT t.* FROM credit_transaction t \
+                   JOIN unnest($1::text[], $2::text[]) AS w(user_id, idempotency_key) \
+                   ON t.user_id = w.user_id AND t.idempotency_key = w.idempotency_key";
+        ctx::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                [users.into(), keys.into()],
+            ))
+            .all(db)
+            .await?
+    } else {
+        let users: HashSet<&str> = wanted.iter().map(|(u, _)| *u).collect();
+        let keys: HashSet<&str> = wanted.iter().map(|(_, k)| *k).collect();
+        ctx::Entity::find()
+            .filter(ctx::Column::UserId.is_in(users))
+            .filter(ctx::Column::IdempotencyKey.is_in(keys))
+            .all(db)
+            .await?
+    };
     Ok(rows
         .into_iter()
         .filter(|r| wanted.contains(&(r.user_id.as_str(), r.idempotency_key.as_str())))
