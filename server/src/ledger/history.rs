@@ -6,22 +6,14 @@ use sea_orm::{ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, Quer
 
 use super::model::{Balance, HistoryPage, HistoryQuery, Transaction};
 use super::{Ledger, page_token};
-use crate::entity::{credit_transaction as ctx, user_balance};
+use crate::entity::credit_transaction as ctx;
 use crate::error::LedgerError;
 
 impl Ledger {
-    /// The user's balance, read from `user_balance` only.
+    /// The user's balance, read from `user_balance` only (reads that arrive
+    /// together share a query: `balance_reads.rs`).
     pub async fn balance(&self, user_id: &str) -> Result<Balance, LedgerError> {
-        let row = user_balance::Entity::find_by_id(user_id.to_owned())
-            .one(self.db())
-            .await?
-            .ok_or_else(|| LedgerError::UserNotFound(user_id.to_owned()))?;
-        Ok(Balance {
-            user_id: row.user_id,
-            balance: row.balance,
-            last_sequence: row.last_sequence,
-            updated_at: row.updated_at,
-        })
+        self.reads.get(user_id.to_owned()).await
     }
 
     /// One transaction of one user.

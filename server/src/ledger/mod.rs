@@ -2,6 +2,7 @@
 //! locks the user's `user_balance` row first (see `write.rs` for why that is
 //! correct); reads never lock. No gRPC types here.
 
+mod balance_reads;
 mod batch;
 mod fingerprint;
 mod group_commit;
@@ -23,6 +24,7 @@ use sea_orm::{
 use tokio::sync::Mutex;
 
 use crate::error::LedgerError;
+use balance_reads::BalanceReads;
 use group_commit::GroupCommit;
 pub use group_commit::WriteStats;
 
@@ -32,6 +34,7 @@ pub use group_commit::WriteStats;
 pub struct Ledger {
     store: Store,
     writer: GroupCommit,
+    reads: BalanceReads,
 }
 
 impl Ledger {
@@ -47,6 +50,7 @@ impl Ledger {
         let slots = if sqlite { 1 } else { write_slots };
         Self {
             writer: GroupCommit::start(store.clone(), slots),
+            reads: BalanceReads::start(store.db.clone(), balance_reads::SLOTS),
             store,
         }
     }

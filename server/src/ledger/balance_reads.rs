@@ -1,0 +1,166 @@
+//! Balance reads that arrive together share one query.
+//!
+//! Under load most of a balance read's cost is the database round trip, not
+//! the row. Reads queue in the process; a dispatcher hands everything queued
+//! to a free query slot as one `SELECT ... WHERE user_id IN (...)`. With a
+//! slot free a read goes alone the moment it arrives (no added latency at
+//! low load); while the slots are busy the next batch gathers by itself.
+//!
+//! Why it is as fresh as a read of its own: a read only ever joins a query
+//! that starts after the read arrived, so it sees every write acknowledged
+//! before it was asked for (a caller that spent and then reads sees its
+//! spend). Reads never lock, so sharing a query changes nothing else.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::{ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Statement};
+use tokio::sync::{mpsc, oneshot};
+
+use super::model::Balance;
+use crate::entity::user_balance;
+use crate::error::LedgerError;
+
+/// Most distinct users in one query.
+const MAX_BATCH: usize = 512;
+
+/// Concurrent balance queries: enough to keep latency flat at low load,
+/// few enough that under load reads gather into batches.
+pub const SLOTS: usize = 4;
+
+type Reply = oneshot::Sender<Result<Balance, LedgerError>>;
+type Job = (String, Reply);
+
+/// The queue balance reads wait in.
+#[derive(Clone)]
+pub struct BalanceReads {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl BalanceReads {
+    /// Starts the dispatcher with `slots` concurrent queries. It stops when
+    /// the last clone is dropped.
+    pub fn start(db: DatabaseConnection, slots: usize) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(dispatch(db, rx, slots.max(1)));
+        Self { queue }
+    }
+
+    /// Queues a read of `user_id` and waits for its answer.
+    pub async fn get(&self, user_id: String) -> Result<Balance, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((user_id, reply))
+            .map_err(|_| LedgerError::Internal("the balance reader has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| LedgerError::Internal("the balance reader dropped a request".into()))?
+    }
+}
+
+/// The dispatcher's loop: queue reads, start a query per free slot.
+async fn dispatch(db: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Job>, slots: usize) {
+    let mut queued: Vec<Job> = Vec::new();
+    let mut free = slots;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let mut open = true;
+    loop {
+        while free > 0 && !queued.is_empty() {
+            free -= 1;
+            let batch = take_batch(&mut queued);
+            let (db, done) = (db.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                answer(&db, batch).await;
+                let _ = done.send(());
+            });
+        }
+        if !open && free == slots && queued.is_empty() {
+            return;
+        }
+        tokio::select! {
+            job = rx.recv(), if open => match job {
+                Some(job) => {
+                    queued.push(job);
+                    while let Ok(job) = rx.try_recv() {
+                        queued.push(job);
+                    }
+                }
+                None => open = false,
+            },
+            Some(()) = done_rx.recv() => free += 1,
+        }
+    }
+}
+
+/// The oldest queued reads, up to `MAX_BATCH` distinct users.
+fn take_batch(queued: &mut Vec<Job>) -> Vec<Job> {
+    let mut users = HashSet::new();
+    let mut split = queued.len();
+    for (i, (user, _)) in queued.iter().enumerate() {
+        users.insert(user.as_str());
+        if users.len() > MAX_BATCH {
+            split = i;
+            break;
+        }
+    }
+    let rest = queued.split_off(split);
+    std::mem::replace(queued, rest)
+}
+
+/// Runs one query for `batch` and answers each read.
+async fn answer(db: &DatabaseConnection, batch: Vec<Job>) {
+    let users: HashSet<&str> = batch.iter().map(|(u, _)| u.as_str()).collect();
+    match fetch(db, users).await {
+        Ok(found) => {
+            for (user, reply) in batch {
+                let result = match found.get(&user) {
+                    Some(b) => Ok(b.clone()),
+                    None => Err(LedgerError::UserNotFound(user)),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Err(err) => {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(err.same_again()));
+            }
+        }
+    }
+}
+
+/// The balance rows of `users`, by user.
+async fn fetch(
+    db: &DatabaseConnection,
+    users: HashSet<&str>,
+) -> Result<HashMap<String, Balance>, LedgerError> {
+    let query = user_balance::Entity::find();
+    let rows = if db.get_database_backend() == DbBackend::Postgres {
+        // One statement text whatever the batch size: prepared once per
+        // connection instead of once per distinct IN-list length.
+        let users: Vec<String> = users.into_iter().map(str::to_owned).collect();
+        query
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT * FROM user_balance WHERE user_id = ANY($1)",
+                [users.into()],
+            ))
+            .all(db)
+            .await?
+    } else {
+        query
+            .filter(user_balance::Column::UserId.is_in(users))
+            .all(db)
+            .await?
+    };
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let balance = Balance {
+                user_id: r.user_id.clone(),
+                balance: r.balance,
+                last_sequence: r.last_sequence,
+                updated_at: r.updated_at,
+            };
+            (r.user_id, balance)
+        })
+        .collect())
+}
