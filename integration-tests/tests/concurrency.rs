@@ -12,6 +12,7 @@ ledger_tests!(
     first_writes_in_parallel_lose_nothing,
     users_do_not_interfere,
     a_busy_account_shares_transactions,
+    balance_reads_share_queries_and_see_acknowledged_writes,
 );
 
 /// Runs `n` spends of `amount` on `user` from `n` separate clients and
@@ -151,6 +152,51 @@ async fn a_busy_account_shares_transactions(server: &TestServer) -> anyhow::Resu
     );
     eprintln!("640 spends from 64 clients on one account: {batches} transactions");
     ensure!(invariants::check_user(server, "hot").await?.len() == 641);
+    Ok(())
+}
+
+/// Balance reads that arrive together share queries, yet each sees every
+/// write acknowledged before it was asked: a client that spent and then
+/// reads never gets a balance from before its spend.
+async fn balance_reads_share_queries_and_see_acknowledged_writes(
+    server: &TestServer,
+) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    api::create_user(&mut c, "reader").await?;
+    api::top_up(&mut c, "reader", 100_000).await?;
+    let before = server.ledger.read_stats();
+    let clients = server.clients(64).await?;
+    let calls = clients.into_iter().map(|mut c| async move {
+        for _ in 0..5 {
+            let acknowledged = api::spend(&mut c, "reader", 1).await?.balance;
+            // Only spends run here, so a balance can only go down.
+            let seen = join_all((0..4).map(|_| {
+                let mut c = c.clone();
+                async move { api::balance(&mut c, "reader").await }
+            }))
+            .await;
+            for balance in seen {
+                let balance = balance?;
+                ensure!(
+                    balance <= acknowledged,
+                    "read {balance} after a spend acknowledged at {acknowledged}"
+                );
+            }
+        }
+        Ok(())
+    });
+    for r in join_all(calls).await {
+        r?;
+    }
+    let after = server.ledger.read_stats();
+    let (reads, queries) = (after.reads - before.reads, after.queries - before.queries);
+    ensure!(reads == 64 * 5 * 4, "{reads} reads answered");
+    ensure!(
+        queries < reads,
+        "{reads} concurrent reads took {queries} queries"
+    );
+    eprintln!("{reads} balance reads from 64 clients: {queries} queries");
+    ensure!(api::balance(&mut c, "reader").await? == 100_000 - 64 * 5);
     Ok(())
 }
 

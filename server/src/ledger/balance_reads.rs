@@ -12,6 +12,8 @@
 //! spend). Reads never lock, so sharing a query changes nothing else.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sea_orm::{ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Statement};
 use tokio::sync::{mpsc, oneshot};
@@ -34,6 +36,22 @@ type Job = (String, Reply);
 #[derive(Clone)]
 pub struct BalanceReads {
     queue: mpsc::UnboundedSender<Job>,
+    stats: Arc<Counters>,
+}
+
+/// How much sharing the balance reads achieved so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Queries run for balance reads.
+    pub queries: u64,
+    /// Balance reads answered by those queries.
+    pub reads: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    queries: AtomicU64,
+    reads: AtomicU64,
 }
 
 impl BalanceReads {
@@ -41,8 +59,16 @@ impl BalanceReads {
     /// the last clone is dropped.
     pub fn start(db: DatabaseConnection, slots: usize) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(db, rx, slots.max(1)));
-        Self { queue }
+        let stats = Arc::new(Counters::default());
+        tokio::spawn(dispatch(db, rx, slots.max(1), stats.clone()));
+        Self { queue, stats }
+    }
+
+    pub fn stats(&self) -> ReadStats {
+        ReadStats {
+            queries: self.stats.queries.load(Ordering::Relaxed),
+            reads: self.stats.reads.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues a read of `user_id` and waits for its answer.
@@ -58,7 +84,12 @@ impl BalanceReads {
 }
 
 /// The dispatcher's loop: queue reads, start a query per free slot.
-async fn dispatch(db: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Job>, slots: usize) {
+async fn dispatch(
+    db: DatabaseConnection,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    slots: usize,
+    stats: Arc<Counters>,
+) {
     let mut queued: Vec<Job> = Vec::new();
     let mut free = slots;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
@@ -67,6 +98,8 @@ async fn dispatch(db: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Job>, 
         while free > 0 && !queued.is_empty() {
             free -= 1;
             let batch = take_batch(&mut queued);
+            stats.queries.fetch_add(1, Ordering::Relaxed);
+            stats.reads.fetch_add(batch.len() as u64, Ordering::Relaxed);
             let (db, done) = (db.clone(), done_tx.clone());
             tokio::spawn(async move {
                 answer(&db, batch).await;

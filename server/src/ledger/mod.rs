@@ -25,6 +25,7 @@ use tokio::sync::Mutex;
 
 use crate::error::LedgerError;
 use balance_reads::BalanceReads;
+pub use balance_reads::ReadStats;
 use group_commit::GroupCommit;
 pub use group_commit::WriteStats;
 
@@ -67,6 +68,11 @@ impl Ledger {
     /// How many write transactions committed, and how many writes they held.
     pub fn write_stats(&self) -> WriteStats {
         self.writer.stats()
+    }
+
+    /// How many queries balance reads ran, and how many reads they answered.
+    pub fn read_stats(&self) -> ReadStats {
+        self.reads.stats()
     }
 }
 

@@ -29,7 +29,8 @@ pub struct Args {
     pub duration: Duration,
 
     /// Load before each measured run that is not counted (warms pools,
-    /// prepared statements and caches).
+    /// prepared statements and caches); then the tool refreshes the
+    /// database's planner statistics (ANALYZE), as a live database has them.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub warmup: Duration,
 

@@ -3,7 +3,7 @@
 //! and tear down whatever happened.
 
 use anyhow::Context;
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -180,6 +180,46 @@ fn kind_of(target: &Target) -> TargetKind {
     }
 }
 
+/// Uncounted load for the warm-up time (pools, prepared statements,
+/// caches), then fresh planner statistics: a live database has them within
+/// a minute of its tables changing (autovacuum, InnoDB's persistent
+/// statistics), but a run of seconds on a database created moments ago
+/// would otherwise be planned as if its tables were still empty.
+async fn warm_up(
+    target: &Target,
+    workload: &Arc<Workload>,
+    spec: RunSpec,
+    db: Option<&DatabaseConnection>,
+    progress: bool,
+    label: &str,
+) -> anyhow::Result<()> {
+    if spec.warmup.is_zero() {
+        return Ok(());
+    }
+    let bar = Progress::timed(
+        progress,
+        format!("{label} warm-up"),
+        spec.warmup.as_millis() as u64,
+    );
+    let warm = RunSpec {
+        warmup: std::time::Duration::ZERO,
+        duration: spec.warmup,
+        ..spec
+    };
+    runner::measure(target, workload.clone(), warm, &bar).await?;
+    if let Some(db) = db {
+        let sql = match db.get_database_backend() {
+            DbBackend::Postgres => "ANALYZE user_balance, credit_transaction",
+            DbBackend::MySql => "ANALYZE TABLE user_balance, credit_transaction",
+            _ => "ANALYZE",
+        };
+        db.execute_unprepared(sql)
+            .await
+            .with_context(|| format!("refreshing planner statistics ({sql})"))?;
+    }
+    Ok(())
+}
+
 async fn bench(
     args: &Args,
     env: &mut Env,
@@ -227,12 +267,21 @@ async fn bench(
                     duration: args.duration,
                     op_timeout: args.op_timeout,
                 };
-                let total = args.warmup + args.duration;
-                let bar = Progress::timed(
+                let label = format!("{} {} x{clients}", scenario.name(), kind.name());
+                warm_up(
+                    target,
+                    workload,
+                    spec,
+                    env.check_db.as_ref(),
                     progress,
-                    format!("{} {} x{clients}", scenario.name(), kind.name()),
-                    total.as_millis() as u64,
-                );
+                    &label,
+                )
+                .await?;
+                let spec = RunSpec {
+                    warmup: std::time::Duration::ZERO,
+                    ..spec
+                };
+                let bar = Progress::timed(progress, label, args.duration.as_millis() as u64);
                 if let Some(rss) = &env.rss {
                     rss.take_peak_mb();
                 }
