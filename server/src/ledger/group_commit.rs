@@ -5,9 +5,11 @@
 //! one commit flush (`batch.rs`). A user whose batch is in flight gets no
 //! second one: its new writes wait in the queue and go together in the next
 //! batch, so a busy account is not split across slots that would only queue
-//! on its row lock. With nothing queued a write goes alone the moment it
-//! arrives, so low load sees no added latency; under load the batches grow
-//! by themselves while the slots are busy committing. This lifts the cap of
+//! on its row lock. With nothing in flight a write goes alone the moment it
+//! arrives, so low load sees no added latency; while a batch is in flight a
+//! second one starts only once enough writes wait to make it worth a
+//! transaction (`MIN_PARALLEL_BATCH`), so under load the batches grow by
+//! themselves instead of multiplying. This lifts the cap of
 //! one commit flush per write on a busy account, while the database's row
 //! locks still order batches of other server processes.
 //!
@@ -28,6 +30,15 @@ use crate::error::LedgerError;
 
 /// Most writes in one database transaction.
 pub const MAX_BATCH: usize = 256;
+
+/// Fewest queued writes worth a transaction beside one already running.
+/// Each transaction costs the same handful of round trips and a commit
+/// whatever its size, and on a busy database every extra one slows the
+/// others: fewer writes wait for the running batch (one batch time at most)
+/// and go together in the next. Measured on PostgreSQL, 32 clients spread
+/// over 10,000 users: 4,228/s with a transaction per free slot, 7,564/s
+/// with this floor at 8, 6,230/s at 32.
+const MIN_PARALLEL_BATCH: usize = 8;
 
 type Reply = oneshot::Sender<Result<WriteOutcome, LedgerError>>;
 type Job = (Pending, Reply);
@@ -98,6 +109,10 @@ async fn dispatch(
     let mut open = true;
     loop {
         while free > 0 {
+            let in_flight = slots - free;
+            if in_flight > 0 && queued.len() < MIN_PARALLEL_BATCH {
+                break;
+            }
             let batch = take_batch(&mut queued, &busy_users);
             if batch.is_empty() {
                 break;
