@@ -26,13 +26,7 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> Result<DatabaseConne
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
-        })
-        // Plan every statement with its own parameters and the table's size
-        // now. A cached generic plan is built once, from the statistics of
-        // the moment: on a young `credit_transaction` (before autovacuum's
-        // first ANALYZE) that is a sequential scan or the wrong index, kept
-        // while the table grows, and each write slows down with it.
-        .map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_custom_plan")]));
+        });
     Database::connect(options).await
 }
 
