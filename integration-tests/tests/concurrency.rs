@@ -1,9 +1,13 @@
 //! Many clients at once on one balance: no spend takes it below zero, no
 //! write is lost, including the very first writes of a new user.
 
-use anyhow::ensure;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use credit_server::entity::user_balance;
 use futures::future::join_all;
-use integration_tests::{TestServer, api, invariants, ledger_tests};
+use integration_tests::{Backend, TestServer, api, invariants, ledger_tests};
+use sea_orm::{EntityTrait, QuerySelect, TransactionTrait};
 use tonic::Code;
 
 ledger_tests!(
@@ -198,6 +202,54 @@ async fn balance_reads_share_queries_and_see_acknowledged_writes(
     eprintln!("{reads} balance reads from 64 clients: {queries} queries");
     ensure!(api::balance(&mut c, "reader").await? == 100_000 - 64 * 5);
     Ok(())
+}
+
+/// A write held up by a row lock taken outside this server (another
+/// process, an operator's session) must not hold up other users' writes.
+/// SQLite has one writer for the whole file, so there it would, by design.
+mod a_write_waiting_on_a_row_lock {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn does_not_hold_up_other_users_postgres() {
+        integration_tests::run("row_lock", Backend::Postgres, scenario).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn does_not_hold_up_other_users_mysql() {
+        integration_tests::run("row_lock", Backend::MySql, scenario).await
+    }
+
+    async fn scenario(server: &TestServer) -> anyhow::Result<()> {
+        let mut c = server.client().await?;
+        for user in ["locked", "free"] {
+            api::create_user(&mut c, user).await?;
+            api::top_up(&mut c, user, 100).await?;
+        }
+        let elsewhere = server.db.begin().await?;
+        user_balance::Entity::find_by_id("locked".to_owned())
+            .lock_exclusive()
+            .one(&elsewhere)
+            .await?
+            .context("the locked user's balance row")?;
+        let mut waiting_client = server.client().await?;
+        let waiting =
+            tokio::spawn(async move { api::spend(&mut waiting_client, "locked", 1).await });
+        // Let that spend's batch start and block on the lock.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let free = tokio::time::timeout(Duration::from_secs(10), api::spend(&mut c, "free", 1))
+            .await
+            .context("a spend on another user waited for the locked row")??;
+        ensure!(free.balance == 99);
+        ensure!(
+            !waiting.is_finished(),
+            "the spend on the locked row finished while it was locked"
+        );
+        elsewhere.rollback().await?;
+        let locked = waiting.await??;
+        ensure!(locked.balance == 99, "balance {}", locked.balance);
+        Ok(())
+    }
 }
 
 /// Spends on one user's empty balance fail without touching another's.
