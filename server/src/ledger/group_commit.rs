@@ -9,7 +9,9 @@
 //! arrives, so low load sees no added latency; while a batch is in flight a
 //! second one starts only once enough writes wait to make it worth a
 //! transaction (`MIN_PARALLEL_BATCH`), so under load the batches grow by
-//! themselves instead of multiplying. This lifts the cap of
+//! themselves instead of multiplying; held-back writes go anyway once the
+//! running batch is unusually slow (`PARALLEL_PATIENCE`: it may be waiting
+//! on a row lock held by another process). This lifts the cap of
 //! one commit flush per write on a busy account, while the database's row
 //! locks still order batches of other server processes.
 //!
