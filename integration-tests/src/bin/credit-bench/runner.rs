@@ -1,6 +1,7 @@
 //! One measured run: N client tasks issue calls back to back (a closed
-//! loop: each waits for its answer before the next call) for warm-up plus
-//! duration; only calls started after the warm-up count.
+//! loop: each waits for its answer before the next call) for the run's
+//! duration. (The uncounted warm-up before it is a run of its own:
+//! `session.rs`.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +34,6 @@ pub enum Target {
 #[derive(Debug, Clone, Copy)]
 pub struct RunSpec {
     pub clients: usize,
-    pub warmup: Duration,
     pub duration: Duration,
     pub op_timeout: Duration,
 }
@@ -67,8 +67,7 @@ pub async fn measure(
     progress: &Progress,
 ) -> anyhow::Result<Measurement> {
     let started = Instant::now();
-    let measure_from = started + spec.warmup;
-    let until = measure_from + spec.duration;
+    let until = started + spec.duration;
     let counted = Arc::new(AtomicU64::new(0));
 
     let mut tasks = Vec::with_capacity(spec.clients);
@@ -82,7 +81,7 @@ pub async fn measure(
             workload,
             StdRng::seed_from_u64(i as u64),
             Window {
-                from: measure_from,
+                from: started,
                 until,
                 op_timeout: spec.op_timeout,
             },
@@ -91,18 +90,14 @@ pub async fn measure(
         )));
     }
 
-    let total = spec.warmup + spec.duration;
+    let total = spec.duration;
     let ticker = async {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = Instant::now();
-            let message = if now < measure_from {
-                "warming up".to_owned()
-            } else {
-                let ops = counted.load(Ordering::Relaxed);
-                let secs = (now - measure_from).as_secs_f64().max(1e-3);
-                format!("{ops} ops, {:.0}/s", ops as f64 / secs)
-            };
+            let ops = counted.load(Ordering::Relaxed);
+            let secs = (now - started).as_secs_f64().max(1e-3);
+            let message = format!("{ops} ops, {:.0}/s", ops as f64 / secs);
             let position = (now - started).min(total).as_millis() as u64;
             progress.set(position, message);
         }
@@ -120,7 +115,7 @@ pub async fn measure(
         by_op: per_op_histograms()?,
         errors: BTreeMap::new(),
     };
-    let mut last_done = measure_from;
+    let mut last_done = started;
     for tally in joined {
         let tally = tally.context("a client task panicked")?;
         result.ok += tally.ok;
@@ -136,11 +131,11 @@ pub async fn measure(
         }
         last_done = last_done.max(tally.last_done);
     }
-    result.elapsed = last_done.saturating_duration_since(measure_from);
+    result.elapsed = last_done.saturating_duration_since(started);
     Ok(result)
 }
 
-/// When calls count and when to stop.
+/// When the run started and when it stops.
 #[derive(Clone, Copy)]
 struct Window {
     from: Instant,
@@ -170,9 +165,6 @@ async fn client_loop(
         let (op, user) = workload.next(&mut rng);
         let result = tokio::time::timeout(window.op_timeout, caller.call(op, user)).await;
         let done = Instant::now();
-        if start < window.from {
-            continue;
-        }
         tally.last_done = done;
         match result {
             Ok(Ok(())) => {

@@ -193,20 +193,15 @@ async fn warm_up(
     progress: bool,
     label: &str,
 ) -> anyhow::Result<()> {
-    if spec.warmup.is_zero() {
+    if spec.duration.is_zero() {
         return Ok(());
     }
     let bar = Progress::timed(
         progress,
         format!("{label} warm-up"),
-        spec.warmup.as_millis() as u64,
+        spec.duration.as_millis() as u64,
     );
-    let warm = RunSpec {
-        warmup: std::time::Duration::ZERO,
-        duration: spec.warmup,
-        ..spec
-    };
-    runner::measure(target, workload.clone(), warm, &bar).await?;
+    runner::measure(target, workload.clone(), spec, &bar).await?;
     if let Some(db) = db {
         let sql = match db.get_database_backend() {
             DbBackend::Postgres => "ANALYZE user_balance, credit_transaction",
@@ -263,24 +258,23 @@ async fn bench(
                 let kind = kind_of(target);
                 let spec = RunSpec {
                     clients,
-                    warmup: args.warmup,
                     duration: args.duration,
                     op_timeout: args.op_timeout,
                 };
                 let label = format!("{} {} x{clients}", scenario.name(), kind.name());
+                let warm = RunSpec {
+                    duration: args.warmup,
+                    ..spec
+                };
                 warm_up(
                     target,
                     workload,
-                    spec,
+                    warm,
                     env.check_db.as_ref(),
                     progress,
                     &label,
                 )
                 .await?;
-                let spec = RunSpec {
-                    warmup: std::time::Duration::ZERO,
-                    ..spec
-                };
                 let bar = Progress::timed(progress, label, args.duration.as_millis() as u64);
                 if let Some(rss) = &env.rss {
                     rss.take_peak_mb();
