@@ -1,0 +1,178 @@
+"""Request messages, built the same way for the blocking and the asyncio client."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Union, cast
+
+import grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from ._errors import CreditError
+from .v1 import credit_pb2 as pb
+
+__all__ = ["Metadata", "TimeLike", "TransactionTypeLike", "Usage", "new_idempotency_key"]
+
+#: Caller metadata stored with a transaction: a JSON-like object (at most 16 KiB as JSON).
+Metadata = Mapping[str, Any]
+#: What a spend paid for: the message, or its fields as a mapping.
+Usage = Union[pb.UsageDetails, Mapping[str, str]]
+#: A point in time: a timezone-aware datetime or a protobuf Timestamp.
+TimeLike = Union[datetime, timestamp_pb2.Timestamp]
+#: A transaction type: ``pb.TRANSACTION_TYPE_USAGE``, or its name ("USAGE" or
+#: "TRANSACTION_TYPE_USAGE").
+TransactionTypeLike = Union["pb.TransactionType.ValueType", int, str]
+
+
+def new_idempotency_key() -> str:
+    """A new idempotency key (a random UUID), for callers that want to know the
+    key before sending so they can send the write again themselves later."""
+    return str(uuid.uuid4())
+
+
+def key_or_new(key: str | None) -> str:
+    return key if key else new_idempotency_key()
+
+
+def struct(metadata: Metadata | None) -> struct_pb2.Struct | None:
+    if metadata is None:
+        return None
+    value = struct_pb2.Struct()
+    value.update(dict(metadata))
+    return value
+
+
+def usage_details(usage: Usage | None) -> pb.UsageDetails | None:
+    if usage is None or isinstance(usage, pb.UsageDetails):
+        return usage
+    return pb.UsageDetails(**dict(usage))
+
+
+def timestamp(value: TimeLike | None) -> timestamp_pb2.Timestamp | None:
+    if value is None or isinstance(value, timestamp_pb2.Timestamp):
+        return value
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("give a timezone-aware datetime (e.g. datetime.now(timezone.utc))")
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def transaction_type(value: TransactionTypeLike) -> pb.TransactionType.ValueType:
+    if isinstance(value, str):
+        name = value.upper()
+        if not name.startswith("TRANSACTION_TYPE_"):
+            name = "TRANSACTION_TYPE_" + name
+        return pb.TransactionType.Value(name)
+    if value not in pb.TransactionType.values():
+        raise ValueError(f"unknown transaction type {value}")
+    return cast("pb.TransactionType.ValueType", value)
+
+
+def create_user(user_id: str, email: str, name: str) -> pb.CreateUserRequest:
+    return pb.CreateUserRequest(user_id=user_id, email=email, name=name)
+
+
+def top_up(
+    user_id: str, amount: int, idempotency_key: str | None, metadata: Metadata | None
+) -> pb.TopUpRequest:
+    return pb.TopUpRequest(
+        user_id=user_id,
+        amount=amount,
+        idempotency_key=key_or_new(idempotency_key),
+        metadata=struct(metadata),
+    )
+
+
+def spend(
+    user_id: str,
+    amount: int,
+    usage: Usage | None,
+    idempotency_key: str | None,
+    metadata: Metadata | None,
+) -> pb.SpendRequest:
+    return pb.SpendRequest(
+        user_id=user_id,
+        amount=amount,
+        idempotency_key=key_or_new(idempotency_key),
+        usage=usage_details(usage),
+        metadata=struct(metadata),
+    )
+
+
+def grant(
+    user_id: str,
+    amount: int,
+    reason: str,
+    idempotency_key: str | None,
+    metadata: Metadata | None,
+) -> pb.GrantRequest:
+    return pb.GrantRequest(
+        user_id=user_id,
+        amount=amount,
+        reason=reason,
+        idempotency_key=key_or_new(idempotency_key),
+        metadata=struct(metadata),
+    )
+
+
+def refund(
+    user_id: str,
+    transaction_id: str,
+    amount: int | None,
+    reason: str,
+    idempotency_key: str | None,
+    metadata: Metadata | None,
+) -> pb.RefundRequest:
+    return pb.RefundRequest(
+        user_id=user_id,
+        transaction_id=transaction_id,
+        amount=amount,
+        reason=reason,
+        idempotency_key=key_or_new(idempotency_key),
+        metadata=struct(metadata),
+    )
+
+
+def list_transactions(
+    user_id: str,
+    *,
+    page_size: int,
+    page_token: str,
+    types: Iterable[TransactionTypeLike],
+    created_after: TimeLike | None,
+    created_before: TimeLike | None,
+    graph_exec_id: str,
+    created_by: str,
+) -> pb.ListTransactionsRequest:
+    # Negative sizes go to the server, which says what is wrong with them.
+    return pb.ListTransactionsRequest(
+        user_id=user_id,
+        page_size=min(page_size, 1000),
+        page_token=page_token,
+        types=[transaction_type(t) for t in types],
+        created_after=timestamp(created_after),
+        created_before=timestamp(created_before),
+        graph_exec_id=graph_exec_id,
+        created_by=created_by,
+    )
+
+
+def next_page(
+    request: pb.ListTransactionsRequest, page: pb.ListTransactionsResponse
+) -> pb.ListTransactionsRequest | None:
+    """The request for the page after ``page``, or None after the last page."""
+    token = page.next_page_token
+    if not token:
+        return None
+    if token == request.page_token:
+        # A server that hands back the token it was given would loop forever.
+        raise CreditError(
+            grpc.StatusCode.INTERNAL, "invalid response: the server returned the page token it was given"
+        )
+    following = pb.ListTransactionsRequest()
+    following.CopyFrom(request)
+    following.page_token = token
+    return following

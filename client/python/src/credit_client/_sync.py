@@ -1,0 +1,234 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+
+from . import _requests as req
+from ._config import DEFAULT_DEADLINE, ChannelOptions, TlsConfig, auth_metadata, resolve
+from ._errors import from_rpc_error, status_code
+from ._requests import Metadata, TimeLike, TransactionTypeLike, Usage
+from ._retry import RetryPolicy, is_retryable
+from .v1 import credit_pb2 as pb
+from .v1 import credit_pb2_grpc as pb_grpc
+
+__all__ = ["CreditClient"]
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+class CreditClient:
+    """A blocking client for CreditService.
+
+    ``target`` is ``host:port`` (or ``http://host:port``; ``https://host:port``
+    for TLS with the public roots). ``tls`` turns on TLS with a custom CA
+    and/or client certificate; ``api_key`` is sent with every call as
+    ``authorization: Bearer <key>`` (use it over TLS). Each attempt of a call
+    has ``deadline`` seconds; failures that say "try again" are retried as
+    ``retry`` says, every retry of a write carrying the same idempotency key.
+
+    Use it as a context manager, or call :meth:`close`. It connects on the
+    first call; a server that is down shows up as :class:`Unavailable`.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        tls: TlsConfig | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        retry: RetryPolicy | None = None,
+        options: ChannelOptions = (),
+        interceptors: Iterable[grpc.UnaryUnaryClientInterceptor] = (),
+    ) -> None:
+        if deadline <= 0:
+            raise ValueError("deadline must be positive")
+        connection = resolve(target, tls, options)
+        self._metadata = auth_metadata(api_key)
+        self._deadline = deadline
+        self._retry = retry if retry is not None else RetryPolicy()
+        if connection.tls is None:
+            self._channel = grpc.insecure_channel(connection.address, connection.options)
+        else:
+            self._channel = grpc.secure_channel(
+                connection.address, connection.tls.credentials(), connection.options
+            )
+        channel = grpc.intercept_channel(self._channel, *interceptors)
+        self._stub = pb_grpc.CreditServiceStub(channel)
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> CreditClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(
+        self,
+        rpc: grpc.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+    ) -> _Response:
+        # The request (and so its idempotency key) is the same on every attempt.
+        attempt = 1
+        while True:
+            try:
+                return rpc(request, timeout=self._deadline, metadata=self._metadata)
+            except grpc.RpcError as err:
+                if attempt < self._retry.max_attempts and is_retryable(status_code(err)):
+                    time.sleep(self._retry.backoff(attempt))
+                    attempt += 1
+                    continue
+                raise from_rpc_error(err) from err
+
+    # --- users -----------------------------------------------------------
+
+    def create_user(self, user_id: str, email: str, name: str = "") -> pb.User:
+        """Creates a user with a zero balance; the same id and email again returns
+        the existing user. Raises UserAlreadyExists / EmailAlreadyExists."""
+        return self._call(self._stub.CreateUser, req.create_user(user_id, email, name)).user
+
+    def get_user(self, user_id: str) -> pb.User:
+        """Returns one user; raises UserNotFound."""
+        return self._call(self._stub.GetUser, pb.GetUserRequest(user_id=user_id)).user
+
+    def get_balance(self, user_id: str) -> pb.GetBalanceResponse:
+        """The user's balance (``.balance``), when it last changed and its latest sequence."""
+        return self._call(self._stub.GetBalance, pb.GetBalanceRequest(user_id=user_id))
+
+    # --- writes ----------------------------------------------------------
+
+    def top_up(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.TopUpResponse:
+        """Adds ``amount`` purchased credits; returns the transaction and the new balance."""
+        request = req.top_up(user_id, amount, idempotency_key, metadata)
+        return self._call(self._stub.TopUp, request)
+
+    def spend(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        usage: Usage | None = None,
+        idempotency_key: str | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.SpendResponse:
+        """Takes ``amount`` credits for metered usage; raises InsufficientBalance."""
+        request = req.spend(user_id, amount, usage, idempotency_key, metadata)
+        return self._call(self._stub.Spend, request)
+
+    def grant(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        reason: str = "",
+        idempotency_key: str | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.GrantResponse:
+        """Gives ``amount`` credits that were not paid for."""
+        request = req.grant(user_id, amount, reason, idempotency_key, metadata)
+        return self._call(self._stub.Grant, request)
+
+    def refund(
+        self,
+        user_id: str,
+        transaction_id: str,
+        *,
+        amount: int | None = None,
+        reason: str = "",
+        idempotency_key: str | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.RefundResponse:
+        """Reverses ``amount`` credits (default: all not yet refunded) of a top-up,
+        spend or grant; raises RefundExceedsOriginal / NotRefundable."""
+        request = req.refund(user_id, transaction_id, amount, reason, idempotency_key, metadata)
+        return self._call(self._stub.Refund, request)
+
+    # --- history ---------------------------------------------------------
+
+    def get_transaction(self, user_id: str, transaction_id: str) -> pb.Transaction:
+        """Returns one transaction of a user; raises TransactionNotFound."""
+        request = pb.GetTransactionRequest(user_id=user_id, transaction_id=transaction_id)
+        return self._call(self._stub.GetTransaction, request).transaction
+
+    def list_transactions(
+        self,
+        user_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        types: Iterable[TransactionTypeLike] = (),
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        graph_exec_id: str = "",
+        created_by: str = "",
+    ) -> pb.ListTransactionsResponse:
+        """One page of the user's history, newest first, with ``next_page_token``
+        ("" on the last page). ``page_size`` 0 means the server's default (50)."""
+        request = req.list_transactions(
+            user_id,
+            page_size=page_size,
+            page_token=page_token,
+            types=types,
+            created_after=created_after,
+            created_before=created_before,
+            graph_exec_id=graph_exec_id,
+            created_by=created_by,
+        )
+        return self._call(self._stub.ListTransactions, request)
+
+    def iter_transactions(
+        self,
+        user_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        types: Iterable[TransactionTypeLike] = (),
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        graph_exec_id: str = "",
+        created_by: str = "",
+    ) -> Iterator[pb.Transaction]:
+        """Every matching transaction, newest first, fetching pages as it is read."""
+        request: pb.ListTransactionsRequest | None = req.list_transactions(
+            user_id,
+            page_size=page_size,
+            page_token=page_token,
+            types=types,
+            created_after=created_after,
+            created_before=created_before,
+            graph_exec_id=graph_exec_id,
+            created_by=created_by,
+        )
+        while request is not None:
+            page = self._call(self._stub.ListTransactions, request)
+            yield from page.transactions
+            request = req.next_page(request, page)
+
+    # --- operations ------------------------------------------------------
+
+    def verify_ledger(self, user_id: str = "") -> pb.VerifyLedgerResponse:
+        """Checks the ledger's invariants for one user, or every user when empty
+        (admin only); ``.clean`` is True when none is violated."""
+        return self._call(self._stub.VerifyLedger, pb.VerifyLedgerRequest(user_id=user_id))
