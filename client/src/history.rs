@@ -57,6 +57,12 @@ impl ListTransactions<'_> {
         self
     }
 
+    /// Only transactions written with this API key name.
+    pub fn created_by(mut self, key_name: impl Into<String>) -> Self {
+        self.message.created_by = key_name.into();
+        self
+    }
+
     /// Transactions per page: the server's default (50) when unset, at most
     /// 1000.
     pub fn page_size(mut self, size: u32) -> Self {

@@ -258,6 +258,13 @@ pub struct Transaction {
     pub reason: Option<String>,
     /// How many credits of this transaction have been refunded so far.
     pub refunded_amount: i64,
+    /// Who made the write: the API key's name (`anonymous` on a server
+    /// without keys); `None` for writes from before the server recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// The writer's TLS client-certificate subject, if it presented one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by_certificate_subject: Option<String>,
 }
 
 /// The answer to every write: the applied transaction and the balance right
@@ -315,6 +322,8 @@ impl TryFrom<pb::Transaction> for Transaction {
             refunded_transaction_id: non_empty(t.refunded_transaction_id),
             reason: non_empty(t.reason),
             refunded_amount: t.refunded_amount,
+            created_by: non_empty(t.created_by),
+            created_by_certificate_subject: non_empty(t.created_by_certificate_subject),
         })
     }
 }

@@ -6,6 +6,15 @@ use tonic_types::StatusExt;
 
 use crate::Client;
 
+/// `message` sent with `authorization: Bearer <key>`.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(format!("Bearer {key}")) {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
 /// Creates `user_id` with a derived email.
 pub async fn create_user(c: &mut Client, user_id: &str) -> Result<pb::User, Status> {
     let res = c

@@ -185,6 +185,27 @@ async fn legacy_balances_survive_up_down_up(test_db: &TestDb) -> anyhow::Result<
             _ => (*id, *b),
         })
         .collect();
+    // Step 4 down: the audit columns go, every transaction stays.
+    let transactions = ctx_count(&db).await?;
+    let schema = SchemaManager::new(&db);
+    ensure!(
+        schema
+            .has_column("credit_transaction", "created_by")
+            .await?
+    );
+    Migrator::down(&db, Some(1)).await?;
+    ensure!(
+        !schema
+            .has_column("credit_transaction", "created_by")
+            .await?
+    );
+    ensure!(
+        !schema
+            .has_column("credit_transaction", "created_by_subject")
+            .await?
+    );
+    ensure!(ctx_count(&db).await? == transactions);
+    // Step 3 down: the legacy column comes back with the balances.
     Migrator::down(&db, Some(1)).await?;
     let mut restored = legacy_column(&db).await?;
     restored.sort();
@@ -210,4 +231,17 @@ async fn legacy_balances_survive_up_down_up(test_db: &TestDb) -> anyhow::Result<
     );
     db.close().await?;
     Ok(())
+}
+
+/// Rows in `credit_transaction`, counted without the entity (whose columns
+/// a down migration may have removed).
+async fn ctx_count(db: &DatabaseConnection) -> anyhow::Result<i64> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM credit_transaction",
+        ))
+        .await?
+        .context("count row")?;
+    Ok(row.try_get::<i64>("", "n")?)
 }

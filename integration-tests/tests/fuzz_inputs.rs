@@ -953,6 +953,7 @@ async fn send(c: &mut Client, seed: &Seed, call: &Call) -> Result<Reply, Status>
                     created_after: after.as_ref().map(|t| time_value(seed, t)),
                     created_before: before.as_ref().map(|t| time_value(seed, t)),
                     graph_exec_id: graph_exec_id.clone(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

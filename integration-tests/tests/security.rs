@@ -5,11 +5,11 @@ use anyhow::ensure;
 use credit_proto::v1 as pb;
 use credit_server::app::ServeOptions;
 use credit_server::auth::{KeyRing, Role, key_line};
+use integration_tests::api::with_key;
 use integration_tests::{Client, TestDb, TestServer, api};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use tonic::metadata::MetadataValue;
+use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
-use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const READER: &str = "reader-key-0123456789";
@@ -23,14 +23,6 @@ fn keys() -> KeyRing {
         key_line("ops", Role::Admin, ADMIN),
     ];
     KeyRing::parse(&lines.join("\n")).expect("valid key lines")
-}
-
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Ok(value) = MetadataValue::try_from(format!("Bearer {key}")) {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
 }
 
 fn balance_of(user: &str) -> pb::GetBalanceRequest {

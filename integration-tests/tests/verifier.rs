@@ -301,6 +301,8 @@ async fn append(
         reason: None,
         metadata: None,
         created_at: chrono::Utc::now(),
+        created_by: None,
+        created_by_subject: None,
     };
     ctx::Entity::insert(row.into_active_model())
         .exec_without_returning(db)

@@ -64,6 +64,9 @@ pub enum CreditTransaction {
     Reason,
     Metadata,
     CreatedAt,
+    /// Added by step 4: who made the write.
+    CreatedBy,
+    CreatedBySubject,
 }
 
 /// The `user_balance` table.

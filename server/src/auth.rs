@@ -11,6 +11,9 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// The name writes are recorded under when the server runs without keys.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// What a key may do; each role may also do everything of the roles below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -52,10 +55,11 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The caller when no keys are configured (loopback-only development).
+    /// The caller when no keys are configured (loopback-only development);
+    /// its writes are recorded as made by `anonymous`.
     pub fn open() -> Self {
         Self {
-            name: "open".into(),
+            name: ANONYMOUS.into(),
             role: Role::Admin,
         }
     }

@@ -76,6 +76,9 @@ pub struct Config {
     #[command(flatten)]
     pub limits: LimitSettings,
 
+    #[command(flatten)]
+    pub grpc_web: GrpcWebSettings,
+
     /// Seconds to let in-flight calls finish after SIGINT/SIGTERM.
     #[arg(long, env = "CREDIT_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -157,6 +160,35 @@ pub struct SecuritySettings {
     /// PEM CA certificate(s): require client certificates signed by them.
     #[arg(long, env = "CREDIT_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+}
+
+/// gRPC-Web, for browsers.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GrpcWebSettings {
+    /// Also speak gRPC-Web (HTTP/1.1 and HTTP/2) on the gRPC port, so web
+    /// pages can call the service.
+    #[arg(long = "grpc-web", env = "CREDIT_GRPC_WEB")]
+    pub enabled: bool,
+
+    /// Origins (e.g. https://app.example.com) whose pages may call across
+    /// origins (CORS), separated by commas; `*` allows any. Without it only
+    /// same-origin callers work.
+    #[arg(
+        long = "grpc-web-allowed-origins",
+        env = "CREDIT_GRPC_WEB_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        requires = "enabled"
+    )]
+    pub allowed_origins: Vec<String>,
+}
+
+impl GrpcWebSettings {
+    /// The serving options, or `None` when gRPC-Web is off.
+    pub fn options(&self) -> Option<crate::app::GrpcWeb> {
+        self.enabled.then(|| crate::app::GrpcWeb {
+            allowed_origins: self.allowed_origins.clone(),
+        })
+    }
 }
 
 /// Request limits.

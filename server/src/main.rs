@@ -69,6 +69,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         keys,
         tls,
         limits: config.limits.limits(),
+        grpc_web: config.grpc_web.options(),
         ..ServeOptions::default()
     };
     let mut server = tokio::spawn(app::serve(listener, ledger, options, async move {

@@ -27,6 +27,10 @@ pub struct Model {
     #[sea_orm(column_type = "Text", nullable)]
     pub metadata: Option<String>,
     pub created_at: DateTimeUtc,
+    /// The API key name the write was made with (`anonymous` without keys).
+    pub created_by: Option<String>,
+    /// The writer's TLS client-certificate subject, if any.
+    pub created_by_subject: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -140,6 +140,8 @@ pub async fn apply_batch<C: ConnectionTrait>(
             refunded_transaction_id: change.refund_of.map(|(target, _)| target),
             refunded_amount: 0,
             created_at,
+            created_by: Some(req.actor.name.clone()),
+            created_by_subject: req.actor.certificate_subject.clone(),
         };
         rows.push(to_row(&transaction, pending.fingerprint.clone()).into_active_model());
         let outcome = WriteOutcome {

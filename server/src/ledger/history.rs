@@ -83,6 +83,9 @@ impl Ledger {
         if let Some(graph_exec_id) = &filter.graph_exec_id {
             select = select.filter(ctx::Column::GraphExecId.eq(graph_exec_id));
         }
+        if let Some(created_by) = &filter.created_by {
+            select = select.filter(ctx::Column::CreatedBy.eq(created_by));
+        }
         // One row more than asked tells whether another page follows.
         let mut rows = select
             .order_by_desc(ctx::Column::Sequence)

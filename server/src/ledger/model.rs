@@ -85,6 +85,18 @@ pub struct WriteRequest {
     pub idempotency_key: Option<String>,
     pub operation: Operation,
     pub metadata: Option<Metadata>,
+    /// Who asks (recorded on the transaction; not part of the fingerprint:
+    /// a retry is the same write whoever sends it).
+    pub actor: Actor,
+}
+
+/// Who made a write, for the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    /// The API key's name, or `anonymous` when the server runs without keys.
+    pub name: String,
+    /// The subject of the caller's TLS client certificate, if it sent one.
+    pub certificate_subject: Option<String>,
 }
 
 /// An applied balance change.
@@ -105,6 +117,9 @@ pub struct Transaction {
     pub refunded_transaction_id: Option<String>,
     pub refunded_amount: i64,
     pub created_at: DateTime<Utc>,
+    /// Who wrote it; `None` for rows written before this was recorded.
+    pub created_by: Option<String>,
+    pub created_by_subject: Option<String>,
 }
 
 /// The answer to a write: the transaction and the balance right after it.
@@ -151,6 +166,8 @@ pub struct HistoryFilter {
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
     pub graph_exec_id: Option<String>,
+    /// Only transactions written with this API key name.
+    pub created_by: Option<String>,
 }
 
 /// A request for one page of a user's history, newest first.

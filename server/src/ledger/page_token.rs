@@ -58,11 +58,16 @@ fn filter_hash(filter: &HistoryFilter) -> String {
     let mut kinds: Vec<&str> = filter.kinds.iter().map(|k| k.as_str()).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    let canonical = serde_json::json!([
+    let mut canonical = serde_json::json!([
         kinds,
         filter.created_after.map(|t| t.timestamp_micros()),
         filter.created_before.map(|t| t.timestamp_micros()),
         filter.graph_exec_id,
     ]);
+    // Appended only when set, so tokens issued before the filter existed
+    // stay valid.
+    if let (Some(created_by), Some(parts)) = (&filter.created_by, canonical.as_array_mut()) {
+        parts.push(created_by.as_str().into());
+    }
     hex::encode(&Sha256::digest(canonical.to_string().as_bytes())[..8])
 }

@@ -59,6 +59,8 @@ impl TryFrom<credit_transaction::Model> for Transaction {
             refunded_transaction_id: row.refunded_transaction_id,
             refunded_amount: row.refunded_amount,
             created_at: row.created_at,
+            created_by: row.created_by,
+            created_by_subject: row.created_by_subject,
         })
     }
 }
@@ -93,5 +95,7 @@ pub fn to_row(tx: &Transaction, fingerprint: String) -> credit_transaction::Mode
             .as_ref()
             .map(|m| serde_json::Value::Object(m.clone()).to_string()),
         created_at: tx.created_at,
+        created_by: tx.created_by.clone(),
+        created_by_subject: tx.created_by_subject.clone(),
     }
 }

@@ -88,6 +88,8 @@ impl From<Transaction> for pb::Transaction {
             created_at: Some(timestamp(t.created_at)),
             reason: t.reason.unwrap_or_default(),
             refunded_amount: t.refunded_amount,
+            created_by: t.created_by.unwrap_or_default(),
+            created_by_certificate_subject: t.created_by_subject.unwrap_or_default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! request, call the ledger, turn the result (or the error, through
 //! `From<LedgerError> for Status`) into the wire response.
 
+mod actor;
 mod convert;
 mod requests;
 mod validate;
@@ -77,7 +78,8 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::TopUpRequest>,
     ) -> Result<Response<pb::TopUpResponse>, Status> {
-        let write = requests::top_up(request.into_inner())?;
+        let actor = actor::of(&request);
+        let write = requests::top_up(request.into_inner(), actor)?;
         let (transaction, balance) = written(self.ledger.write(write).await?);
         Ok(Response::new(pb::TopUpResponse {
             transaction,
@@ -89,7 +91,8 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::SpendRequest>,
     ) -> Result<Response<pb::SpendResponse>, Status> {
-        let write = requests::spend(request.into_inner())?;
+        let actor = actor::of(&request);
+        let write = requests::spend(request.into_inner(), actor)?;
         let (transaction, balance) = written(self.ledger.write(write).await?);
         Ok(Response::new(pb::SpendResponse {
             transaction,
@@ -101,7 +104,8 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::GrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        let write = requests::grant(request.into_inner())?;
+        let actor = actor::of(&request);
+        let write = requests::grant(request.into_inner(), actor)?;
         let (transaction, balance) = written(self.ledger.write(write).await?);
         Ok(Response::new(pb::GrantResponse {
             transaction,
@@ -119,7 +123,8 @@ impl CreditService for CreditApi {
             .extensions()
             .get::<Caller>()
             .is_some_and(|c| c.role < Role::Admin);
-        let write = requests::refund(request.into_inner(), usage_only)?;
+        let actor = actor::of(&request);
+        let write = requests::refund(request.into_inner(), usage_only, actor)?;
         let (transaction, balance) = written(self.ledger.write(write).await?);
         Ok(Response::new(pb::RefundResponse {
             transaction,

@@ -7,7 +7,9 @@ use credit_proto::v1 as pb;
 use super::convert::{from_timestamp, from_tx_type};
 use super::validate::Checker;
 use crate::error::LedgerError;
-use crate::ledger::model::{HistoryFilter, HistoryQuery, NewUser, Operation, Usage, WriteRequest};
+use crate::ledger::model::{
+    Actor, HistoryFilter, HistoryQuery, NewUser, Operation, Usage, WriteRequest,
+};
 
 /// Page size when the caller gives 0 (AIP-158).
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
@@ -31,7 +33,7 @@ pub fn user_id(user_id: String) -> Result<String, LedgerError> {
     Ok(id)
 }
 
-pub fn top_up(req: pb::TopUpRequest) -> Result<WriteRequest, LedgerError> {
+pub fn top_up(req: pb::TopUpRequest, actor: Actor) -> Result<WriteRequest, LedgerError> {
     let mut c = Checker::default();
     let write = WriteRequest {
         user_id: c.id("user_id", req.user_id),
@@ -40,12 +42,13 @@ pub fn top_up(req: pb::TopUpRequest) -> Result<WriteRequest, LedgerError> {
         },
         idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
         metadata: c.metadata("metadata", req.metadata),
+        actor,
     };
     c.finish()?;
     Ok(write)
 }
 
-pub fn spend(req: pb::SpendRequest) -> Result<WriteRequest, LedgerError> {
+pub fn spend(req: pb::SpendRequest, actor: Actor) -> Result<WriteRequest, LedgerError> {
     let mut c = Checker::default();
     let usage = req.usage.unwrap_or_default();
     let usage = Usage {
@@ -64,12 +67,13 @@ pub fn spend(req: pb::SpendRequest) -> Result<WriteRequest, LedgerError> {
         },
         idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
         metadata: c.metadata("metadata", req.metadata),
+        actor,
     };
     c.finish()?;
     Ok(write)
 }
 
-pub fn grant(req: pb::GrantRequest) -> Result<WriteRequest, LedgerError> {
+pub fn grant(req: pb::GrantRequest, actor: Actor) -> Result<WriteRequest, LedgerError> {
     let mut c = Checker::default();
     let write = WriteRequest {
         user_id: c.id("user_id", req.user_id),
@@ -79,13 +83,18 @@ pub fn grant(req: pb::GrantRequest) -> Result<WriteRequest, LedgerError> {
         },
         idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
         metadata: c.metadata("metadata", req.metadata),
+        actor,
     };
     c.finish()?;
     Ok(write)
 }
 
 /// `usage_only`: the caller may refund only USAGE transactions.
-pub fn refund(req: pb::RefundRequest, usage_only: bool) -> Result<WriteRequest, LedgerError> {
+pub fn refund(
+    req: pb::RefundRequest,
+    usage_only: bool,
+    actor: Actor,
+) -> Result<WriteRequest, LedgerError> {
     let mut c = Checker::default();
     let write = WriteRequest {
         user_id: c.id("user_id", req.user_id),
@@ -97,6 +106,7 @@ pub fn refund(req: pb::RefundRequest, usage_only: bool) -> Result<WriteRequest, 
         },
         idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
         metadata: c.metadata("metadata", req.metadata),
+        actor,
     };
     c.finish()?;
     Ok(write)
@@ -152,6 +162,7 @@ pub fn list_transactions(req: pb::ListTransactionsRequest) -> Result<HistoryQuer
         created_after,
         created_before,
         graph_exec_id: c.text("graph_exec_id", req.graph_exec_id),
+        created_by: c.text("created_by", req.created_by),
     };
     let page_token = (!req.page_token.is_empty()).then_some(req.page_token);
     c.finish()?;

@@ -182,6 +182,9 @@ pub struct HistoryArgs {
     /// Only usage of this graph execution.
     #[arg(long)]
     pub graph_exec_id: Option<String>,
+    /// Only writes made with this API key name.
+    #[arg(long)]
+    pub created_by: Option<String>,
     /// Show at most this many transactions; 0 shows all.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,

@@ -157,6 +157,9 @@ async fn history(client: &CreditClient, args: HistoryArgs, json: bool) -> Result
     if let Some(id) = args.graph_exec_id {
         query = query.graph_exec_id(id);
     }
+    if let Some(name) = args.created_by {
+        query = query.created_by(name);
+    }
     let limit = match args.limit {
         0 => usize::MAX,
         n => n,

@@ -142,6 +142,9 @@ fn details(t: &Transaction) -> String {
     if t.refunded_amount != 0 {
         parts.push(format!("{} refunded", t.refunded_amount));
     }
+    if let Some(by) = &t.created_by {
+        parts.push(format!("by {by}"));
+    }
     parts.retain(|p| !p.is_empty());
     parts.join("; ")
 }

@@ -16,6 +16,8 @@ use crate::gate::{GateConfig, GateLayer};
 use crate::ledger::Ledger;
 use crate::service::CreditApi;
 
+mod web;
+
 /// Everything about serving that is not the ledger itself.
 pub struct ServeOptions {
     /// `None`: no authentication (the binary allows that on loopback only).
@@ -24,6 +26,15 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// How often to check the database for the health service.
     pub health_interval: Duration,
+    /// `Some`: also speak gRPC-Web, for browsers.
+    pub grpc_web: Option<GrpcWeb>,
+}
+
+/// gRPC-Web settings.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcWeb {
+    /// Origins whose pages may call across origins; `*` allows any.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -33,6 +44,7 @@ impl Default for ServeOptions {
             tls: None,
             limits: Limits::default(),
             health_interval: Duration::from_secs(2),
+            grpc_web: None,
         }
     }
 }
@@ -103,7 +115,15 @@ pub async fn serve(
     if let Some(tls) = options.tls {
         builder = builder.tls_config(tls)?;
     }
+    let grpc_web = options.grpc_web.as_ref();
+    // CORS outermost (it answers preflights), then gRPC-Web turns a web
+    // call into a plain gRPC one, so the gate sees every call the same way.
     builder
+        .accept_http1(grpc_web.is_some())
+        .layer(tower::util::option_layer(grpc_web.map(web::cors)))
+        .layer(tower::util::option_layer(
+            grpc_web.map(|_| tonic_web::GrpcWebLayer::new()),
+        ))
         .layer(GateLayer::new(GateConfig {
             keys: options.keys,
             max_concurrent: limits.max_concurrent_requests,
