@@ -1,0 +1,408 @@
+/**
+ * The hand-written layer over the generated CreditService: the same contract
+ * as the Rust client (client/src). It works over any Connect transport, so
+ * the Node.js entry point (gRPC over HTTP/2) and the browser entry point
+ * (gRPC-Web) share it; this module imports nothing Node-only.
+ *
+ * - every call carries `authorization: Bearer <key>` when an API key is set;
+ * - every attempt has its own deadline (10 s unless set otherwise);
+ * - UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED are
+ *   retried (4 attempts, ~100/200/400 ms apart, equal jitter, at most 2 s);
+ * - every write carries an idempotency key, made by the client (a random
+ *   UUID) when the caller gives none, and the same key on every retry;
+ * - failures reject with a typed {@link CreditError}.
+ *
+ * int64 values (amounts, balances, sequences) are `bigint`; amounts may be
+ * passed as `number` too when they are safe integers.
+ */
+import type { JsonObject } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { createClient } from "@connectrpc/connect";
+import type { Client, Transport } from "@connectrpc/connect";
+
+import { CreditService, TransactionType } from "./gen/credit/v1/credit_pb.js";
+import type {
+  GetBalanceResponse,
+  Transaction,
+  User,
+  VerifyLedgerResponse,
+} from "./gen/credit/v1/credit_pb.js";
+import { InvalidInput, InvalidResponse, isRetryableCode, toCreditError } from "./errors.js";
+import { backoffMs, resolveRetryPolicy, sleep } from "./retry.js";
+import type { RetryPolicy } from "./retry.js";
+
+/** The deadline of each attempt of a call unless the caller sets another. */
+export const DEFAULT_DEADLINE_MS = 10_000;
+
+/** An int64 amount of credits: a bigint, or a number that is a safe integer. */
+export type Amount = bigint | number;
+
+/** Settings of a {@link CreditClient} that do not depend on the transport. */
+export interface CreditClientOptions {
+  /** Sent with every call as `authorization: Bearer <apiKey>`. Use it over TLS. */
+  apiKey?: string;
+  /** The deadline of each attempt in ms (default 10 000). */
+  deadlineMs?: number;
+  /** How failed calls are retried (default {@link DEFAULT_RETRY_POLICY}); `NO_RETRY` disables. */
+  retry?: Partial<RetryPolicy>;
+}
+
+/** Options of one call. */
+export interface CallOptions {
+  /** Cancels the call (and its retries). */
+  signal?: AbortSignal;
+  /** This call's deadline per attempt in ms, instead of the client's. */
+  deadlineMs?: number;
+  /** Extra request headers. */
+  headers?: Record<string, string>;
+}
+
+/** What every write takes besides its own fields. */
+export interface WriteOptions {
+  /**
+   * The key that makes this write safe to send again (at most 128
+   * characters). Without one the client makes a random UUID; either way
+   * every retry of this write carries the same key.
+   */
+  idempotencyKey?: string;
+  /** Stored with the transaction and returned as given (a JSON object of at most 16 KiB). */
+  metadata?: JsonObject;
+}
+
+/** A new user. */
+export interface CreateUserInput {
+  /** The identifier to create the user under (1 to 128 characters). */
+  userId: string;
+  /** The user's email address (required, at most 320 characters). */
+  email: string;
+  /** The user's display name (optional, at most 256 characters). */
+  name?: string;
+}
+
+/** Purchased credits to add. */
+export interface TopUpInput extends WriteOptions {
+  userId: string;
+  /** The credits to add; > 0. */
+  amount: Amount;
+}
+
+/** What a spend paid for; every field is optional free text (at most 256 characters). */
+export interface UsageInput {
+  graphExecId?: string;
+  graphId?: string;
+  nodeId?: string;
+  nodeExecId?: string;
+  blockId?: string;
+  reason?: string;
+}
+
+/** Credits to take for metered usage. */
+export interface SpendInput extends WriteOptions {
+  userId: string;
+  /** The credits to take; > 0 and no more than the balance. */
+  amount: Amount;
+  /** What the credits paid for. */
+  usage?: UsageInput;
+}
+
+/** Credits to give without payment. */
+export interface GrantInput extends WriteOptions {
+  userId: string;
+  /** The credits to give; > 0. */
+  amount: Amount;
+  /** Why the credits were given (at most 256 characters). */
+  reason?: string;
+}
+
+/** A refund of an earlier TOP_UP, USAGE or GRANT of the same user. */
+export interface RefundInput extends WriteOptions {
+  userId: string;
+  /** The transaction to refund. */
+  transactionId: string;
+  /** The credits to refund (> 0); everything not yet refunded when omitted. */
+  amount?: Amount;
+  /** Why the refund was made (at most 256 characters). */
+  reason?: string;
+}
+
+/** Which of a user's transactions to list. */
+export interface HistoryQuery {
+  userId: string;
+  /** Only these types; all when empty or omitted. */
+  types?: TransactionType[];
+  /** Only transactions created at or after this time. */
+  createdAfter?: Date;
+  /** Only transactions created before this time. */
+  createdBefore?: Date;
+  /** Only USAGE transactions of this graph execution. */
+  graphExecId?: string;
+  /** Only transactions written with this API key name (Transaction.createdBy). */
+  createdBy?: string;
+  /** Transactions per page: the server's default (50) when omitted, at most 1000. */
+  pageSize?: number;
+}
+
+/** A query for one page: a {@link HistoryQuery} plus where to start. */
+export interface PageQuery extends HistoryQuery {
+  /** The nextPageToken of an earlier page of the same query; the first page when omitted. */
+  pageToken?: string;
+}
+
+/** One page of history. */
+export interface Page {
+  /** The transactions, newest first. */
+  transactions: Transaction[];
+  /** The token for the next page; undefined on the last page. */
+  nextPageToken: string | undefined;
+}
+
+/** The answer of every write: the applied transaction and the balance right after it. */
+export interface Receipt {
+  transaction: Transaction;
+  balance: bigint;
+}
+
+/** A user's balance (the generated GetBalanceResponse). */
+export type Balance = GetBalanceResponse;
+
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
+
+/** An amount as the int64 the wire carries; refuses fractions and out-of-range values. */
+function toInt64(value: Amount, field: string): bigint {
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value)) {
+      throw new InvalidInput(`${field} must be a safe integer or a bigint, got ${value}`);
+    }
+    return BigInt(value);
+  }
+  if (typeof value !== "bigint") {
+    throw new InvalidInput(`${field} must be a bigint or a number, got ${typeof value}`);
+  }
+  if (value < INT64_MIN || value > INT64_MAX) {
+    throw new InvalidInput(`${field} ${value} is outside the int64 range`);
+  }
+  return value;
+}
+
+/** A new idempotency key (a random UUID), for callers that want to know the key before sending. */
+export function newIdempotencyKey(): string {
+  const webCrypto = globalThis.crypto;
+  if (typeof webCrypto?.randomUUID === "function") return webCrypto.randomUUID();
+  // Pages served over plain http from a non-local host have no randomUUID.
+  const bytes = webCrypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6]! & 0x0f) | 0x40;
+  bytes[8] = (bytes[8]! & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function required<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new InvalidResponse(`the server's answer has no ${what}`);
+  return value;
+}
+
+/** The CreditService's RPCs with retries, deadlines, credentials, idempotency keys and typed errors. */
+export class CreditClient {
+  /** The generated Connect client (no retries, no key, no deadline): for what this layer lacks. */
+  readonly raw: Client<typeof CreditService>;
+  /** The retry policy in force. */
+  readonly retryPolicy: RetryPolicy;
+  /** The deadline of each attempt in ms. */
+  readonly deadlineMs: number;
+  readonly #authorization: string | undefined;
+  readonly #onClose: (() => void) | undefined;
+
+  /**
+   * A client over `transport` (see `createCreditClient` in
+   * `credit-ledger-client` for Node.js and `credit-ledger-client/web` for
+   * browsers, which make the transport). `onClose` runs on {@link close}.
+   */
+  constructor(transport: Transport, options: CreditClientOptions = {}, onClose?: () => void) {
+    this.raw = createClient(CreditService, transport);
+    this.retryPolicy = resolveRetryPolicy(options.retry);
+    this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
+    if (!(this.deadlineMs > 0)) throw new RangeError("deadlineMs must be > 0");
+    if (options.apiKey !== undefined && !/^[\x21-\x7e]+$/.test(options.apiKey)) {
+      throw new TypeError("the API key has characters a header cannot carry");
+    }
+    this.#authorization = options.apiKey === undefined ? undefined : `Bearer ${options.apiKey}`;
+    this.#onClose = onClose;
+  }
+
+  /** Closes the connection (Node.js); calls after this fail. */
+  close(): void {
+    this.#onClose?.();
+  }
+
+  /**
+   * Calls one RPC, retrying retryable failures with the very same request
+   * (and so the same idempotency key).
+   */
+  async #call<R>(
+    send: (options: { timeoutMs: number; signal?: AbortSignal; headers: Record<string, string> }) => Promise<R>,
+    options: CallOptions | undefined,
+  ): Promise<R> {
+    const headers: Record<string, string> = { ...options?.headers };
+    if (this.#authorization !== undefined) headers["authorization"] = this.#authorization;
+    const timeoutMs = options?.deadlineMs ?? this.deadlineMs;
+    const signal = options?.signal;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await send({ timeoutMs, signal, headers });
+      } catch (reason) {
+        const err = toCreditError(reason);
+        if (attempt >= this.retryPolicy.maxAttempts || !isRetryableCode(err.code) || signal?.aborted) {
+          throw err;
+        }
+        try {
+          await sleep(backoffMs(this.retryPolicy, attempt), signal);
+        } catch (aborted) {
+          throw toCreditError(aborted);
+        }
+      }
+    }
+  }
+
+  async #write<R extends { transaction?: Transaction; balance: bigint }>(
+    send: (
+      idempotencyKey: string,
+      options: { timeoutMs: number; signal?: AbortSignal; headers: Record<string, string> },
+    ) => Promise<R>,
+    input: WriteOptions,
+    options: CallOptions | undefined,
+  ): Promise<Receipt> {
+    // Made once, before the first attempt: every retry sends the same key.
+    const idempotencyKey = input.idempotencyKey ?? newIdempotencyKey();
+    const response = await this.#call((o) => send(idempotencyKey, o), options);
+    return { transaction: required(response.transaction, "transaction"), balance: response.balance };
+  }
+
+  /** Creates a user with a zero balance (or returns the existing one with the same email). */
+  async createUser(input: CreateUserInput, options?: CallOptions): Promise<User> {
+    const request = { userId: input.userId, email: input.email, name: input.name ?? "" };
+    const response = await this.#call((o) => this.raw.createUser(request, o), options);
+    return required(response.user, "user");
+  }
+
+  /** Returns one user; rejects with UserNotFound when there is none. */
+  async getUser(userId: string, options?: CallOptions): Promise<User> {
+    const response = await this.#call((o) => this.raw.getUser({ userId }, o), options);
+    return required(response.user, "user");
+  }
+
+  /** Returns a user's current balance. */
+  async getBalance(userId: string, options?: CallOptions): Promise<Balance> {
+    return this.#call((o) => this.raw.getBalance({ userId }, o), options);
+  }
+
+  /** Adds purchased credits to a user's balance. */
+  async topUp(input: TopUpInput, options?: CallOptions): Promise<Receipt> {
+    const amount = toInt64(input.amount, "amount");
+    return this.#write(
+      (idempotencyKey, o) =>
+        this.raw.topUp({ userId: input.userId, amount, idempotencyKey, metadata: input.metadata }, o),
+      input,
+      options,
+    );
+  }
+
+  /** Takes credits for metered usage; rejects with InsufficientBalance when the balance is too small. */
+  async spend(input: SpendInput, options?: CallOptions): Promise<Receipt> {
+    const amount = toInt64(input.amount, "amount");
+    return this.#write(
+      (idempotencyKey, o) =>
+        this.raw.spend(
+          { userId: input.userId, amount, idempotencyKey, usage: input.usage, metadata: input.metadata },
+          o,
+        ),
+      input,
+      options,
+    );
+  }
+
+  /** Gives credits that were not paid for. */
+  async grant(input: GrantInput, options?: CallOptions): Promise<Receipt> {
+    const amount = toInt64(input.amount, "amount");
+    return this.#write(
+      (idempotencyKey, o) =>
+        this.raw.grant(
+          { userId: input.userId, amount, idempotencyKey, reason: input.reason ?? "", metadata: input.metadata },
+          o,
+        ),
+      input,
+      options,
+    );
+  }
+
+  /** Reverses all (or `amount`) of what is left of an earlier TOP_UP, USAGE or GRANT. */
+  async refund(input: RefundInput, options?: CallOptions): Promise<Receipt> {
+    const amount = input.amount === undefined ? undefined : toInt64(input.amount, "amount");
+    return this.#write(
+      (idempotencyKey, o) =>
+        this.raw.refund(
+          {
+            userId: input.userId,
+            transactionId: input.transactionId,
+            amount,
+            idempotencyKey,
+            reason: input.reason ?? "",
+            metadata: input.metadata,
+          },
+          o,
+        ),
+      input,
+      options,
+    );
+  }
+
+  /** Returns one transaction of a user; rejects with TransactionNotFound when there is none. */
+  async getTransaction(userId: string, transactionId: string, options?: CallOptions): Promise<Transaction> {
+    const response = await this.#call((o) => this.raw.getTransaction({ userId, transactionId }, o), options);
+    return required(response.transaction, "transaction");
+  }
+
+  /** One page of a user's history, newest first. */
+  async listTransactions(query: PageQuery, options?: CallOptions): Promise<Page> {
+    const pageSize = query.pageSize ?? 0;
+    if (!Number.isInteger(pageSize)) throw new InvalidInput(`pageSize must be an integer, got ${pageSize}`);
+    const request = {
+      userId: query.userId,
+      // The server serves anything above 1000 as 1000; clamping keeps it an int32.
+      pageSize: Math.min(pageSize, 1000),
+      pageToken: query.pageToken ?? "",
+      types: query.types ?? [],
+      createdAfter: query.createdAfter === undefined ? undefined : timestampFromDate(query.createdAfter),
+      createdBefore: query.createdBefore === undefined ? undefined : timestampFromDate(query.createdBefore),
+      graphExecId: query.graphExecId ?? "",
+      createdBy: query.createdBy ?? "",
+    };
+    const response = await this.#call((o) => this.raw.listTransactions(request, o), options);
+    return {
+      transactions: response.transactions,
+      nextPageToken: response.nextPageToken === "" ? undefined : response.nextPageToken,
+    };
+  }
+
+  /**
+   * Every matching transaction, newest first, fetching pages as the iterator
+   * is read: `for await (const tx of client.iterTransactions({ userId })) ...`.
+   */
+  async *iterTransactions(query: HistoryQuery, options?: CallOptions): AsyncGenerator<Transaction, void, undefined> {
+    let pageToken: string | undefined;
+    do {
+      const page: Page = await this.listTransactions({ ...query, pageToken }, options);
+      yield* page.transactions;
+      if (page.nextPageToken !== undefined && page.nextPageToken === pageToken) {
+        // A server that hands back the token it was given would loop forever.
+        throw new InvalidResponse("the server returned the page token it was given");
+      }
+      pageToken = page.nextPageToken;
+    } while (pageToken !== undefined);
+  }
+
+  /** Checks the ledger's invariants for one user, or every user when omitted (admin only). */
+  async verifyLedger(userId = "", options?: CallOptions): Promise<VerifyLedgerResponse> {
+    return this.#call((o) => this.raw.verifyLedger({ userId }, o), options);
+  }
+}
