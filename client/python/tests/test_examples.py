@@ -1,0 +1,63 @@
+"""The example files (the README's snippets come from them) run as written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from conftest import PACKAGE_ROOT, Server
+
+EXAMPLES = PACKAGE_ROOT / "examples"
+
+
+def run(name: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=EXAMPLES,
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_sync_example(server_target: str) -> None:
+    out = run("sync_example.py", server_target)
+    assert "refused: INSUFFICIENT_BALANCE, 75 available" in out
+    assert "refused: REFUND_EXCEEDS_ORIGINAL, 25 refundable" in out
+    assert "ledger clean: True" in out
+
+
+def test_sync_example_with_an_admin_key(keyed_server: Server) -> None:
+    out = run("sync_example.py", keyed_server.target, keyed_server.keys["admin"])
+    assert "ledger clean: True" in out
+
+
+def test_async_example(server_target: str) -> None:
+    out = run("async_example.py", server_target)
+    assert "balances after spends: [70, 80, 90]" in out
+    assert "refused: INSUFFICIENT_BALANCE, 70 available" in out
+    assert "balance: 70" in out
+
+
+def test_tls_example(tls_server: Server) -> None:
+    from credit_client import CreditClient
+
+    user_id = f"py-{uuid.uuid4()}"
+    with CreditClient(tls_server.target, tls=tls_server.tls, api_key=tls_server.keys["admin"]) as admin:
+        admin.create_user(user_id, f"{user_id}@example.com")
+        admin.grant(user_id, 42)
+    files = tls_server.files
+    out = run(
+        "tls_example.py",
+        tls_server.target,
+        str(files["ca"]),
+        str(files["client"]),
+        str(files["client-key"]),
+        tls_server.keys["reader"],
+        user_id,
+    )
+    assert out.strip() == "balance: 42"
