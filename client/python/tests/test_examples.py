@@ -26,7 +26,7 @@ def run(name: str, *args: str) -> str:
 
 def test_sync_example(server_target: str) -> None:
     out = run("sync_example.py", server_target)
-    assert "refused: INSUFFICIENT_BALANCE, 75 available" in out
+    assert "refused: INSUFFICIENT_BALANCE, 86 available" in out
     assert "refused: REFUND_EXCEEDS_ORIGINAL, 25 refundable" in out
     assert "ledger clean: True" in out
 
@@ -61,3 +61,19 @@ def test_tls_example(tls_server: Server) -> None:
         user_id,
     )
     assert out.strip() == "balance: 42"
+
+
+def test_readme_snippets_are_copied_from_the_examples() -> None:
+    readme = (PACKAGE_ROOT / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:]
+    assert blocks, "no python snippets in README.md"
+    # Compared line by line without indentation: a snippet may be dedented.
+    def lines(text: str) -> str:
+        return "\n".join(line.strip() for line in text.splitlines()) + "\n"
+
+    sources = [lines(path.read_text()) for path in EXAMPLES.glob("*.py")]
+    for block in blocks:
+        snippet = block.split("```", 1)[0]
+        assert any("\n" + lines(snippet) in "\n" + source for source in sources), (
+            "README.md snippet not found verbatim in examples/*.py:\n" + snippet
+        )
