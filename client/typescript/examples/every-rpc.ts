@@ -1,0 +1,47 @@
+// Every RPC of credit.v1.CreditService once: node .build/examples/every-rpc.js
+import { TransactionType, createCreditClient, timestampDate } from "credit-ledger-client";
+
+const credits = createCreditClient({ baseUrl: process.env.CREDIT_URL ?? "http://127.0.0.1:50051" });
+const userId = `bob-${Date.now()}`;
+try {
+  // CreateUser, GetUser, GetBalance
+  const user = await credits.createUser({ userId, email: `${userId}@example.com`, name: "Bob" });
+  console.log(`created ${user.userId} at ${timestampDate(user.createdAt!).toISOString()}`);
+  console.log(`email: ${(await credits.getUser(userId)).email}`);
+  console.log(`balance: ${(await credits.getBalance(userId)).balance}`); // 0n
+
+  // TopUp, Spend, Grant, Refund: each returns { transaction, balance }.
+  const topUp = await credits.topUp({ userId, amount: 100n, metadata: { order: "o-1" } });
+  const spend = await credits.spend({
+    userId,
+    amount: 30n,
+    idempotencyKey: `spend-${userId}-1`, // optional: the client makes one when omitted
+    usage: { graphExecId: "exec-1", graphId: "g-1", nodeId: "n-1", reason: "LLM call" },
+  });
+  await credits.grant({ userId, amount: 5n, reason: "welcome bonus" });
+  const refund = await credits.refund({ userId, transactionId: spend.transaction.transactionId, amount: 10n, reason: "failed run" });
+  console.log(`after refund: ${refund.balance}`); // 85n
+
+  // GetTransaction
+  const tx = await credits.getTransaction(userId, topUp.transaction.transactionId);
+  console.log(`#${tx.sequence} ${TransactionType[tx.type]} ${tx.amount} by ${tx.createdBy}`, tx.metadata);
+
+  // ListTransactions: one page, then every page with the async iterator.
+  const page = await credits.listTransactions({ userId, pageSize: 2 });
+  console.log(`first page: ${page.transactions.length}, more: ${page.nextPageToken !== undefined}`);
+  for await (const t of credits.iterTransactions({
+    userId,
+    types: [TransactionType.USAGE],
+    graphExecId: "exec-1",
+    createdAfter: new Date(Date.now() - 60_000),
+    createdBefore: new Date(Date.now() + 60_000),
+  })) {
+    console.log(`usage #${t.sequence}: ${t.amount} (${t.usage?.reason})`);
+  }
+
+  // VerifyLedger (admin only when the server has API keys)
+  const report = await credits.verifyLedger(userId);
+  console.log(`ledger clean: ${report.clean}`);
+} finally {
+  credits.close();
+}

@@ -1,0 +1,45 @@
+// The examples compile under tsc --strict against the built package (its
+// .d.ts, through the package's own exports), a misspelled request field does
+// not, and the browser entry point bundles without Node-only modules.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+
+import { build } from 'esbuild';
+
+import { PKG } from './helpers.mjs';
+
+const TSC = path.join(PKG, 'node_modules', 'typescript', 'bin', 'tsc');
+
+function tsc(...args) {
+  const result = spawnSync(process.execPath, [TSC, ...args], { cwd: PKG, encoding: 'utf8' });
+  return { status: result.status, output: `${result.stdout}${result.stderr}` };
+}
+
+test('every example compiles with tsc --strict', () => {
+  const examples = readdirSync(path.join(PKG, 'examples')).filter((f) => f.endsWith('.ts') && !f.endsWith('.fail.ts'));
+  assert.ok(examples.length >= 5, `examples: ${examples}`);
+  const { status, output } = tsc('-p', 'tsconfig.examples.json', '--strict', '--noEmit');
+  assert.equal(status, 0, output);
+});
+
+test('a misspelled request field does not compile, and the error names it', () => {
+  const { status, output } = tsc('--strict', '--noEmit', '--module', 'nodenext', '--moduleResolution', 'nodenext',
+    '--target', 'es2022', '--types', 'node', '--skipLibCheck', 'examples/misspelled-field.fail.ts');
+  assert.notEqual(status, 0, 'tsc accepted the misspelled field');
+  assert.match(output, /misspelled-field\.fail\.ts\(\d+,\d+\): error TS\d+: .*'amout' does not exist in type 'TopUpInput'/);
+  assert.equal(output.trim().split('\n').length, 1, `only the misspelling is an error:\n${output}`);
+});
+
+test('the web entry point bundles for browsers without Node-only modules', async () => {
+  const result = await build({
+    stdin: { contents: 'export * from "credit-ledger-client/web";', resolveDir: PKG, loader: 'js' },
+    bundle: true, platform: 'browser', format: 'esm', write: false, logLevel: 'silent', metafile: true,
+  });
+  const inputs = Object.keys(result.metafile.inputs);
+  assert.ok(inputs.some((i) => i.includes('connect-web')), 'uses @connectrpc/connect-web');
+  const nodeOnly = inputs.filter((i) => i.includes('connect-node') || i.startsWith('node:'));
+  assert.deepEqual(nodeOnly, []);
+});
