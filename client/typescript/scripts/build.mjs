@@ -11,7 +11,9 @@ import { transformSync } from 'esbuild';
 const PKG = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const PROTO = path.resolve(PKG, '../../proto');
 const BIN = path.join(PKG, 'node_modules', '.bin');
-const run = (cmd, args) => execFileSync(path.join(BIN, cmd), args, { cwd: PKG, stdio: 'inherit' });
+// buf finds protoc-gen-es (buf.gen.yaml: `local: protoc-gen-es`) on PATH.
+const env = { ...process.env, PATH: `${BIN}${path.delimiter}${process.env.PATH ?? ''}` };
+const run = (cmd, args) => execFileSync(path.join(BIN, cmd), args, { cwd: PKG, stdio: 'inherit', env });
 
 export function generate(out = 'src/gen') {
   rmSync(path.join(PKG, out), { recursive: true, force: true });
