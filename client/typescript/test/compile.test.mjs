@@ -3,7 +3,7 @@
 // not, and the browser entry point bundles without Node-only modules.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 
@@ -42,4 +42,17 @@ test('the web entry point bundles for browsers without Node-only modules', async
   assert.ok(inputs.some((i) => i.includes('connect-web')), 'uses @connectrpc/connect-web');
   const nodeOnly = inputs.filter((i) => i.includes('connect-node') || i.startsWith('node:'));
   assert.deepEqual(nodeOnly, []);
+});
+
+test('every TypeScript snippet in README.md is an excerpt of a tested example', () => {
+  const readme = readFileSync(path.join(PKG, 'README.md'), 'utf8');
+  const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+  assert.ok(blocks.length >= 5, `README has ${blocks.length} ts blocks`);
+  const examples = readdirSync(path.join(PKG, 'examples'))
+    .filter((f) => f.endsWith('.ts') && !f.endsWith('.fail.ts'))
+    .map((f) => readFileSync(path.join(PKG, 'examples', f), 'utf8'));
+  for (const block of blocks) {
+    assert.ok(examples.some((source) => source.includes(block)),
+      `this README snippet is not in any examples/*.ts:\n${block}`);
+  }
 });
