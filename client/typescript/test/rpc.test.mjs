@@ -249,12 +249,14 @@ describe('retries and deadlines', () => {
     const userId = await newUser(client);
     let attempts = 0;
     let slowAttempts = 2;
+    // A slow attempt outlives its deadline (the wait ends when the deadline
+    // fires, and the transport then reports DEADLINE_EXCEEDED).
     const slow = (next) => async (req) => {
       attempts += 1;
-      if (attempts <= slowAttempts) await sleep(300);
+      if (attempts <= slowAttempts) await sleep(10_000, undefined, { signal: req.signal }).catch(() => {});
       return next(req);
     };
-    const patient = createCreditClient({ baseUrl: server.baseUrl, interceptors: [slow], deadlineMs: 100 });
+    const patient = createCreditClient({ baseUrl: server.baseUrl, interceptors: [slow], deadlineMs: 1000 });
     try {
       assert.equal((await patient.getBalance(userId)).balance, 0n, 'the third attempt is in time');
       assert.equal(attempts, 3);
