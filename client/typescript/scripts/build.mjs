@@ -15,18 +15,13 @@ const BIN = path.join(PKG, 'node_modules', '.bin');
 const env = { ...process.env, PATH: `${BIN}${path.delimiter}${process.env.PATH ?? ''}` };
 const run = (cmd, args) => execFileSync(path.join(BIN, cmd), args, { cwd: PKG, stdio: 'inherit', env });
 
-export function generate(out = 'src/gen') {
-  rmSync(path.join(PKG, out), { recursive: true, force: true });
-  const template = JSON.stringify({
-    version: 'v2',
-    plugins: [{ local: path.join(BIN, 'protoc-gen-es'), out, opt: ['target=ts', 'import_extension=js'] }],
-  });
-  // buf.gen.yaml says the same; the inline template lets --out differ (the drift check).
-  run('buf', ['generate', PROTO, '--template', out === 'src/gen' ? 'buf.gen.yaml' : template]);
+/** Generates src/gen (buf.gen.yaml: protoc-gen-es, target=ts) from ../../proto. */
+export function generate() {
+  rmSync(path.join(PKG, 'src', 'gen'), { recursive: true, force: true });
+  run('buf', ['generate', PROTO, '--template', 'buf.gen.yaml']);
   // proto/buf.yaml excludes the vendored google.rpc protos from its module,
-  // so they are an input of their own with an empty config.
-  run('buf', ['generate', path.join(PROTO, 'third_party'), '--template', out === 'src/gen' ? 'buf.gen.yaml' : template,
-    '--config', '{"version":"v2"}']);
+  // so they are an input of their own, with an empty config.
+  run('buf', ['generate', path.join(PROTO, 'third_party'), '--template', 'buf.gen.yaml', '--config', '{"version":"v2"}']);
 }
 
 function walk(dir) {
