@@ -37,6 +37,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     database_url: String,
     extra_args: Vec<String>,
+    /// Environment variables set on the child after the defaults.
+    envs: Vec<(String, String)>,
     bin: PathBuf,
     child: Option<Child>,
     log: PathBuf,
@@ -48,11 +50,28 @@ impl ServerProcess {
     /// (with `extra_args` after `--listen` and `--database-url`) and waits
     /// until health reports SERVING.
     pub async fn start(database_url: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(database_url, extra_args, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with environment variables `envs` set
+    /// on the child after the defaults (so they override them: e.g.
+    /// `("NO_COLOR", "")` leaves colour to the server's own choice, and
+    /// `("OTEL_BSP_SCHEDULE_DELAY", "100")` flushes spans fast). Restarts
+    /// keep them.
+    pub async fn start_with_env(
+        database_url: &str,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log_dir = tempfile::tempdir()?;
         let mut server = ServerProcess {
             addr: free_port()?,
             database_url: database_url.to_owned(),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             bin: binary()?,
             child: None,
             log: log_dir.path().join("credit-server.stderr"),
@@ -90,6 +109,7 @@ impl ServerProcess {
                 "RUST_LOG",
                 std::env::var("CREDIT_SERVER_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
             )
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--database-url")
@@ -238,6 +258,12 @@ impl ServerProcess {
                 self.stderr_tail(40)
             )
         })
+    }
+
+    /// Everything the server wrote to stderr (all its runs, each after a
+    /// `--- starting` line of the harness's own).
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last `lines` lines the server wrote to stderr (all its runs).
