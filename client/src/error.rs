@@ -301,6 +301,14 @@ fn from_reason(
             requested: number("requestedAmount")?,
         },
         "PERMISSION_DENIED" => Error::PermissionDenied { message },
+        "UNAUTHENTICATED" => Error::Unauthenticated { message },
+        "OVERLOADED" => Error::Overloaded { message },
+        "DEADLINE_EXCEEDED" => Error::DeadlineExceeded { message },
+        // Too large to send as it is: no retry can help.
+        "MESSAGE_TOO_LARGE" | "METADATA_TOO_LARGE" => Error::InvalidArgument {
+            violations,
+            message,
+        },
         "CONFLICT" => Error::Conflict { message },
         "DATABASE_UNAVAILABLE" => Error::Unavailable { message },
         "INTERNAL" => Error::Internal { message },

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use credit_server::app::ServeOptions;
 use credit_server::config::{DEFAULT_WRITE_SLOTS, PoolSettings};
-use credit_server::ledger::Ledger;
+use credit_server::ledger::{Ledger, LedgerConfig};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -33,12 +33,27 @@ impl TestServer {
 
     /// Like [`start`](Self::start), with keys, TLS or limits.
     pub async fn start_with(url: &str, options: ServeOptions) -> anyhow::Result<TestServer> {
-        let db = credit_server::db::connect(url, &PoolSettings::default()).await?;
+        let ledger = LedgerConfig {
+            write_slots: DEFAULT_WRITE_SLOTS,
+            ..LedgerConfig::default()
+        };
+        Self::start_custom(url, options, &PoolSettings::default(), ledger).await
+    }
+
+    /// Like [`start_with`](Self::start_with), with its own pool and ledger
+    /// settings (small pools, short queues).
+    pub async fn start_custom(
+        url: &str,
+        options: ServeOptions,
+        pool: &PoolSettings,
+        ledger: LedgerConfig,
+    ) -> anyhow::Result<TestServer> {
+        let db = credit_server::db::connect(url, pool).await?;
         credit_server::db::migrate(&db).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();
-        let ledger = Ledger::new(db.clone(), DEFAULT_WRITE_SLOTS);
+        let ledger = Ledger::with_config(db.clone(), ledger).map_err(anyhow::Error::msg)?;
         let ledger_for_stats = ledger.clone();
         let task = tokio::spawn(credit_server::app::serve(
             listener,

@@ -22,7 +22,7 @@ use anyhow::{Context, bail, ensure};
 use credit_proto::v1 as pb;
 use credit_server::config::PoolSettings;
 use credit_server::entity::{credit_transaction as ctx, user_balance};
-use credit_server::verify::verify;
+use credit_server::ledger::verify::verify;
 use futures::future::join_all;
 use integration_tests::process::{ServerProcess, TcpProxy};
 use integration_tests::{Backend, Client, TestDb, api};

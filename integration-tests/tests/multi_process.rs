@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use credit_server::config::PoolSettings;
 use credit_server::entity::{credit_transaction as ctx, user_balance};
-use credit_server::verify::verify;
+use credit_server::ledger::verify::verify;
 use futures::future::join_all;
 use integration_tests::process::ServerProcess;
 use integration_tests::storm::{Acked, Storm};

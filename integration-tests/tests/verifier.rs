@@ -1,4 +1,4 @@
-//! The ledger verifier (`credit_server::verify`): a ledger built by real API
+//! The ledger verifier (`credit_server::ledger::verify`): a ledger built by real API
 //! traffic verifies clean; tables corrupted behind the server's back are
 //! reported, each with the right kind, on the right user.
 
@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, ensure};
 use credit_server::entity::{credit_transaction as ctx, user_balance};
-use credit_server::verify::{ViolationKind as K, verify};
+use credit_server::ledger::verify::{ViolationKind as K, verify};
 use futures::future::join_all;
 use integration_tests::{Client, TestServer, api, ledger_tests};
 use sea_orm::sea_query::Expr;

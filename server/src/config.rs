@@ -64,11 +64,19 @@ pub struct Config {
     #[command(flatten)]
     pub pool: PoolSettings,
 
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+
     /// Most concurrent write transactions (PostgreSQL/MySQL; SQLite has one
     /// writer). Writes that arrive while they are busy share the next
     /// transaction (group commit).
     #[arg(long, env = "CREDIT_WRITE_SLOTS", default_value_t = DEFAULT_WRITE_SLOTS)]
     pub write_slots: usize,
+
+    /// Most writes queued or in flight at once; beyond it writes are shed
+    /// with RESOURCE_EXHAUSTED (reason OVERLOADED) instead of queueing.
+    #[arg(long, env = "CREDIT_MAX_QUEUED_WRITES", default_value_t = 10_000)]
+    pub max_queued_writes: usize,
 
     #[command(flatten)]
     pub security: SecuritySettings,
@@ -87,6 +95,17 @@ pub struct Config {
 /// Default number of concurrent write transactions: enough to keep the
 /// database busy, few enough that each gathers a batch under load.
 pub const DEFAULT_WRITE_SLOTS: usize = 8;
+
+impl Config {
+    /// How the ledger uses its connections and queues.
+    pub fn ledger(&self) -> crate::ledger::LedgerConfig {
+        crate::ledger::LedgerConfig {
+            write_slots: self.write_slots,
+            max_queued_writes: self.max_queued_writes,
+            acquire_timeout: self.pool.acquire_timeout(),
+        }
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -162,6 +181,32 @@ pub struct SecuritySettings {
     pub tls_client_ca: Option<PathBuf>,
 }
 
+/// Metrics, access log and traces.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TelemetrySettings {
+    /// Serve Prometheus metrics on this address (`GET /metrics`); off when
+    /// unset. Loopback only unless --insecure, like the gRPC port without
+    /// keys.
+    #[arg(long, env = "CREDIT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log one line per finished call at info (method, code, reason,
+    /// duration, request id, user id).
+    #[arg(
+        long,
+        env = "CREDIT_ACCESS_LOG",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "true|false"
+    )]
+    pub access_log: bool,
+
+    /// Export trace spans over OTLP/gRPC to this endpoint
+    /// (e.g. http://127.0.0.1:4317); off when unset.
+    #[arg(long, env = "CREDIT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
 /// gRPC-Web, for browsers.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct GrpcWebSettings {
@@ -219,6 +264,19 @@ impl LimitSettings {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_requests: self.max_concurrent_requests,
         }
+    }
+}
+
+/// Metrics tell about every user's traffic: they stay on loopback unless
+/// the operator says otherwise.
+pub fn check_metrics_exposure(listen: SocketAddr, insecure: bool) -> Result<(), String> {
+    if insecure || listen.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to serve metrics on {listen}: they are not authenticated. Listen on \
+             127.0.0.1 (and scrape through a proxy), or pass --insecure"
+        ))
     }
 }
 

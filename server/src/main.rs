@@ -8,17 +8,29 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use credit_server::app::{self, ServeOptions};
 use credit_server::auth::{KeyRing, key_line};
-use credit_server::config::{Cli, Command, Config, LogFormat, SecuritySettings, check_exposure};
+use credit_server::config::{
+    Cli, Command, Config, SecuritySettings, check_exposure, check_metrics_exposure,
+};
 use credit_server::db;
 use credit_server::ledger::Ledger;
+use credit_server::telemetry;
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.config.log_format);
+    let serving = cli.command.is_none();
+    let otlp = serving
+        .then_some(cli.config.telemetry.otlp_endpoint.as_deref())
+        .flatten();
+    let telemetry = telemetry::logging::init(cli.config.log_format, otlp)?;
+    let result = run(cli).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.config).await,
         Some(Command::NewKey { name, role }) => {
@@ -46,6 +58,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
     }
     let tls = load_tls(&config.security)?;
+    if let Some(listen) = config.telemetry.metrics_listen {
+        check_metrics_exposure(listen, config.security.insecure).map_err(anyhow::Error::msg)?;
+        telemetry::metrics::serve(listen)
+            .with_context(|| format!("cannot serve metrics on {listen}"))?;
+        tracing::info!(%listen, "metrics on /metrics");
+    }
 
     let database = open_database(&config).await?;
     db::migrate(&database)
@@ -64,12 +82,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let ledger = Ledger::new(database.clone(), config.write_slots);
+    let ledger = Ledger::with_config(database.clone(), config.ledger())
+        .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
     let options = ServeOptions {
         keys,
         tls,
         limits: config.limits.limits(),
         grpc_web: config.grpc_web.options(),
+        access_log: config.telemetry.access_log,
         ..ServeOptions::default()
     };
     let mut server = tokio::spawn(app::serve(listener, ledger, options, async move {
@@ -90,7 +110,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// Prints the verifier's report; exits non-zero on any violation.
 async fn verify(config: &Config, user: Option<&str>) -> anyhow::Result<()> {
     let database = open_database(config).await?;
-    let report = credit_server::verify::verify(&database, user)
+    let report = credit_server::ledger::verify::verify(&database, user)
         .await
         .context("cannot read the ledger")?;
     println!("{report}");
@@ -142,17 +162,6 @@ fn load_tls(security: &SecuritySettings) -> anyhow::Result<Option<ServerTlsConfi
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
     }
     Ok(Some(tls))
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

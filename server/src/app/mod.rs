@@ -28,6 +28,8 @@ pub struct ServeOptions {
     pub health_interval: Duration,
     /// `Some`: also speak gRPC-Web, for browsers.
     pub grpc_web: Option<GrpcWeb>,
+    /// Log one line per finished call at `info`.
+    pub access_log: bool,
 }
 
 /// gRPC-Web settings.
@@ -45,6 +47,7 @@ impl Default for ServeOptions {
             limits: Limits::default(),
             health_interval: Duration::from_secs(2),
             grpc_web: None,
+            access_log: true,
         }
     }
 }
@@ -87,12 +90,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let limits = options.limits;
     let db = ledger.db().clone();
+    let ledger_for_pool = ledger.clone();
     let api = CreditServiceServer::new(CreditApi::new(ledger))
         .max_decoding_message_size(limits.max_message_bytes);
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (mut health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
     let watcher = tokio::spawn(watch_database(db, health.clone(), options.health_interval));
+    let pool_gauges = tokio::spawn(report_pool(ledger_for_pool));
 
     // v1 and v1alpha: older grpcurl releases speak only v1alpha.
     let reflection_v1 = reflection().build_v1()?;
@@ -102,12 +107,15 @@ pub async fn serve(
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
         watcher.abort();
-        set_health(&health, ServingStatus::NotServing).await;
+        pool_gauges.abort();
+        end_health_watches(&mut health).await;
     };
 
+    // The gate refuses metadata over the limit with a clear answer; HTTP/2
+    // itself refuses only far larger header lists.
+    let h2_header_limit = limits.max_header_bytes.saturating_mul(4).max(64 * 1024);
     let mut builder = Server::builder()
-        .timeout(limits.request_timeout)
-        .http2_max_header_list_size(limits.max_header_bytes)
+        .http2_max_header_list_size(h2_header_limit)
         // A client that abandons a burst of calls (deadlines, cancellations)
         // resets many streams at once; h2's default of 20 would then close
         // the whole connection. Still bounded against rapid-reset floods.
@@ -127,6 +135,10 @@ pub async fn serve(
         .layer(GateLayer::new(GateConfig {
             keys: options.keys,
             max_concurrent: limits.max_concurrent_requests,
+            request_timeout: limits.request_timeout,
+            max_header_bytes: limits.max_header_bytes as usize,
+            max_message_bytes: limits.max_message_bytes,
+            access_log: options.access_log,
         }))
         .add_service(api)
         .add_service(health_service)
@@ -152,6 +164,34 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
         .set_service_status("credit.v1.CreditService", status)
         .await;
     health.set_service_status("", status).await;
+}
+
+/// Turns health NOT_SERVING and ends open `Health/Watch` streams once they
+/// have sent it: a watch never ends by itself, and the server's graceful
+/// shutdown would otherwise wait out the whole grace period for it. Its
+/// watchers see NOT_SERVING, then the stream's end, and reconnect
+/// elsewhere; `Check` keeps answering NOT_SERVING.
+async fn end_health_watches(health: &mut HealthReporter) {
+    set_health(health, ServingStatus::NotServing).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for service in ["credit.v1.CreditService", ""] {
+        // Dropping a service's status channel ends the streams that watch it.
+        health.clear_service_status(service).await;
+    }
+    set_health(health, ServingStatus::NotServing).await;
+}
+
+/// Publishes the connection pool's state every second.
+async fn report_pool(ledger: Ledger) {
+    use crate::telemetry::metrics as m;
+    loop {
+        let pool = ledger.pool_state();
+        ::metrics::gauge!(m::POOL_CONNECTIONS, "state" => "idle").set(f64::from(pool.idle));
+        ::metrics::gauge!(m::POOL_CONNECTIONS, "state" => "in_use")
+            .set(f64::from(pool.size.saturating_sub(pool.idle)));
+        ::metrics::gauge!(m::POOL_MAX).set(f64::from(pool.max));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Keeps health in step with the database: NOT_SERVING while a ping fails,

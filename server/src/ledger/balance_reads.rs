@@ -16,18 +16,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sea_orm::{ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Statement};
+
+use super::faults::Fault;
+use super::store::Store;
+use crate::telemetry::metrics as m;
 use tokio::sync::{mpsc, oneshot};
 
+use super::error::LedgerError;
 use super::model::Balance;
 use crate::entity::user_balance;
-use crate::error::LedgerError;
 
 /// Most distinct users in one query.
 const MAX_BATCH: usize = 512;
 
 /// Concurrent balance queries: enough to keep latency flat at low load,
 /// few enough that under load reads gather into batches.
-pub const SLOTS: usize = 4;
+const MAX_SLOTS: usize = 4;
+
+/// Balance-read slots for a pool of `connections`: a quarter of it, 1 to
+/// `MAX_SLOTS`.
+pub fn slots_for(connections: usize) -> usize {
+    (connections / 4).clamp(1, MAX_SLOTS)
+}
 
 type Reply = oneshot::Sender<Result<Balance, LedgerError>>;
 type Job = (String, Reply);
@@ -57,10 +67,10 @@ struct Counters {
 impl BalanceReads {
     /// Starts the dispatcher with `slots` concurrent queries. It stops when
     /// the last clone is dropped.
-    pub fn start(db: DatabaseConnection, slots: usize) -> Self {
+    pub fn start(store: Store, slots: usize) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Counters::default());
-        tokio::spawn(dispatch(db, rx, slots.max(1), stats.clone()));
+        tokio::spawn(dispatch(store, rx, slots.max(1), stats.clone()));
         Self { queue, stats }
     }
 
@@ -85,7 +95,7 @@ impl BalanceReads {
 
 /// The dispatcher's loop: queue reads, start a query per free slot.
 async fn dispatch(
-    db: DatabaseConnection,
+    store: Store,
     mut rx: mpsc::UnboundedReceiver<Job>,
     slots: usize,
     stats: Arc<Counters>,
@@ -100,9 +110,18 @@ async fn dispatch(
             let batch = take_batch(&mut queued);
             stats.queries.fetch_add(1, Ordering::Relaxed);
             stats.reads.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            let (db, done) = (db.clone(), done_tx.clone());
+            metrics::counter!(m::BALANCE_QUERIES).increment(1);
+            metrics::counter!(m::BALANCE_READS).increment(batch.len() as u64);
+            let (store, done) = (store.clone(), done_tx.clone());
+            // The query runs in a task of its own, awaited by this one, so a
+            // panic in it still frees the slot (its readers' replies are
+            // dropped: they are answered INTERNAL).
             tokio::spawn(async move {
-                answer(&db, batch).await;
+                if let Err(err) = tokio::spawn(async move { answer(&store, batch).await }).await
+                    && err.is_panic()
+                {
+                    tracing::error!("a balance read panicked; its callers were answered INTERNAL");
+                }
                 let _ = done.send(());
             });
         }
@@ -140,9 +159,15 @@ fn take_batch(queued: &mut Vec<Job>) -> Vec<Job> {
 }
 
 /// Runs one query for `batch` and answers each read.
-async fn answer(db: &DatabaseConnection, batch: Vec<Job>) {
+async fn answer(store: &Store, batch: Vec<Job>) {
     let users: HashSet<&str> = batch.iter().map(|(u, _)| u.as_str()).collect();
-    match fetch(db, users).await {
+    if store
+        .faults
+        .fires(Fault::PanicInBalanceRead, users.iter().copied())
+    {
+        panic!("fault injected: panic in a balance read");
+    }
+    match fetch(&store.db, users).await.map_err(|e| store.explain(e)) {
         Ok(found) => {
             for (user, reply) in batch {
                 let result = match found.get(&user) {
@@ -154,7 +179,7 @@ async fn answer(db: &DatabaseConnection, batch: Vec<Job>) {
         }
         Err(err) => {
             for (_, reply) in batch {
-                let _ = reply.send(Err(err.same_again()));
+                let _ = reply.send(Err(err.clone()));
             }
         }
     }

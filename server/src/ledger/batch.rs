@@ -11,6 +11,12 @@
 //!    lock: no "insert if missing" race can lose a first write. Writes of
 //!    one user therefore run one batch at a time, in any number of server
 //!    processes; a fixed lock order means two batches cannot deadlock.
+//!    A batch first locks with `SKIP LOCKED` (`LockMode::Skip`): a row held
+//!    by another transaction is not waited for, so one account locked
+//!    elsewhere cannot hold the batch's other users hostage. The requests
+//!    of such a user are not applied in this batch at all (`Step::Skipped`:
+//!    they read and write nothing) and go back to the queue; a user skipped
+//!    a few times goes alone with a bounded wait (`LockMode::Wait`).
 //! 2. Idempotency lookups run under those locks, so a concurrent duplicate
 //!    waits for the first to commit and then finds it. Within a batch, a
 //!    repeated key is answered from the earlier request. The unique index on
@@ -25,107 +31,159 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_orm::sea_query::{CaseStatement, Expr};
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{CaseStatement, Expr, LockBehavior, LockType};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
     QuerySelect, Statement,
 };
 use uuid::Uuid;
 
-use super::model::{Transaction, WriteOutcome, WriteRequest};
-use super::now;
+use super::error::LedgerError;
+use super::model::{Operation, Transaction, WriteOutcome, WriteRequest};
 use super::rows::to_row;
 use super::rules::{self, Account, RefundTarget};
+use super::store::now;
 use crate::entity::{credit_transaction as ctx, user_balance};
-use crate::error::LedgerError;
 
-/// A write waiting to be applied, with its fingerprint.
+/// A write waiting to be applied: the request, the idempotency key it was
+/// given when it entered the ledger (the caller's, or one made then: never
+/// per attempt), and its fingerprint.
+#[derive(Debug, Clone)]
 pub struct Pending {
     pub req: WriteRequest,
+    pub key: String,
     pub fingerprint: String,
+    /// True when the key is the caller's. A server-made key is new when the
+    /// write enters the ledger, and a write is sent to the database again
+    /// only after a definite rollback, so it can match no stored row.
+    pub caller_key: bool,
+    /// The request's span, parent of the batch's span (for traces).
+    pub span: tracing::Span,
 }
 
-/// What an earlier request of the same batch did with an idempotency key.
-enum KeyUse {
-    Applied {
-        fingerprint: String,
-        outcome: WriteOutcome,
-    },
+/// How a batch takes its users' row locks (PostgreSQL, MariaDB/MySQL;
+/// SQLite's single writer lock is taken by `BEGIN IMMEDIATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// `FOR UPDATE SKIP LOCKED`: users whose row another transaction holds
+    /// are skipped, not waited for.
+    Skip,
+    /// `FOR UPDATE` with the wait bounded by `LOCK_WAIT_SECS`, for a batch
+    /// of one user that was skipped before.
+    Wait,
+}
+
+/// How long a `LockMode::Wait` batch waits for a row lock before the
+/// database gives up (then the writes fail with a retryable conflict).
+pub const LOCK_WAIT_SECS: u32 = 2;
+
+/// What became of one request of a batch (a short-lived value per request,
+/// so its size does not matter).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Step {
+    /// Its answer (applied, replayed or refused), final once the batch
+    /// commits.
+    Done(Result<WriteOutcome, LedgerError>),
+    /// Its user's row was locked elsewhere: nothing was read or written for
+    /// it; send it again.
+    Skipped,
 }
 
 /// Applies `batch` inside the open transaction `db`. The outer `Err` means
-/// the transaction must be rolled back (a database failure); the inner
-/// results are each request's own answer.
+/// the transaction must be rolled back (a database failure); each `Step` is
+/// one request's own outcome.
 pub async fn apply_batch<C: ConnectionTrait>(
     db: &C,
     batch: &[Pending],
-) -> Result<Vec<Result<WriteOutcome, LedgerError>>, LedgerError> {
-    let mut accounts = lock_accounts(db, batch).await?;
-    let stored = stored_by_key(db, batch).await?;
-    let mut targets = refund_targets(db, batch).await?;
+    mode: LockMode,
+) -> Result<Vec<Step>, LedgerError> {
+    let (accounts, skipped) = lock_accounts(db, batch, mode).await?;
+    let locked: Vec<&Pending> = batch
+        .iter()
+        .filter(|p| !skipped.contains(&p.req.user_id))
+        .collect();
+    let stored = stored_by_key(db, &locked).await?;
+    let targets = refund_targets(db, &locked).await?;
+    let mut state = BatchState::new(accounts, stored, targets, now());
+    let steps = batch
+        .iter()
+        .map(|p| match skipped.contains(&p.req.user_id) {
+            true => Step::Skipped,
+            false => Step::Done(state.step(p)),
+        })
+        .collect();
+    state.write(db).await?;
+    Ok(steps)
+}
 
-    let created_at = now();
-    let mut in_batch: HashMap<(String, String), KeyUse> = HashMap::new();
-    let mut rows = Vec::new();
-    let mut changed_accounts = HashSet::new();
-    let mut changed_targets = HashSet::new();
-    let mut results = Vec::with_capacity(batch.len());
+/// The state of one batch as its requests are applied in order: the locked
+/// accounts, the stored originals of the batch's keys, the refund targets,
+/// and what the batch has written so far.
+pub struct BatchState {
+    accounts: HashMap<String, Account>,
+    stored: HashMap<(String, String), ctx::Model>,
+    targets: HashMap<String, RefundTarget>,
+    created_at: DateTime<Utc>,
+    /// Keys applied earlier in this batch, with their fingerprints.
+    in_batch: HashMap<(String, String), (String, WriteOutcome)>,
+    rows: Vec<ctx::Model>,
+    changed_accounts: HashSet<String>,
+    changed_targets: HashSet<String>,
+}
 
-    for pending in batch {
+impl BatchState {
+    pub fn new(
+        accounts: HashMap<String, Account>,
+        stored: HashMap<(String, String), ctx::Model>,
+        targets: HashMap<String, RefundTarget>,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            accounts,
+            stored,
+            targets,
+            created_at,
+            in_batch: HashMap::new(),
+            rows: Vec::new(),
+            changed_accounts: HashSet::new(),
+            changed_targets: HashSet::new(),
+        }
+    }
+
+    /// Applies one request against the state the requests before it left:
+    /// a replay of its key, a refusal, or a new transaction. A refusal
+    /// changes nothing.
+    pub fn step(&mut self, pending: &Pending) -> Result<WriteOutcome, LedgerError> {
         let req = &pending.req;
-        let Some(account) = accounts.get_mut(&req.user_id) else {
-            results.push(Err(LedgerError::UserNotFound(req.user_id.clone())));
-            continue;
+        let Some(account) = self.accounts.get_mut(&req.user_id) else {
+            return Err(LedgerError::UserNotFound(req.user_id.clone()));
         };
-        if let Some(key) = &req.idempotency_key {
-            let lookup = (req.user_id.clone(), key.clone());
-            if let Some(original) = stored.get(&lookup) {
-                results.push(replay(original, &pending.fingerprint, key));
-                continue;
+        let lookup = (req.user_id.clone(), pending.key.clone());
+        if let Some(original) = self.stored.get(&lookup) {
+            return replay(original, &pending.fingerprint, &pending.key);
+        }
+        if let Some((fingerprint, outcome)) = self.in_batch.get(&lookup) {
+            if *fingerprint != pending.fingerprint {
+                return Err(LedgerError::IdempotencyKeyReused(pending.key.clone()));
             }
-            if let Some(KeyUse::Applied {
-                fingerprint,
-                outcome,
-            }) = in_batch.get(&lookup)
-            {
-                results.push(if *fingerprint == pending.fingerprint {
-                    Ok(WriteOutcome {
-                        replayed: true,
-                        ..outcome.clone()
-                    })
-                } else {
-                    Err(LedgerError::IdempotencyKeyReused(key.clone()))
-                });
-                continue;
-            }
+            return Ok(WriteOutcome {
+                replayed: true,
+                ..outcome.clone()
+            });
         }
 
-        let change = match rules::plan(&req.user_id, &req.operation, &targets) {
-            Ok(change) => change,
-            Err(err) => {
-                results.push(Err(err));
-                continue;
-            }
-        };
-        let (balance, sequence) = match rules::apply(account, &change) {
-            Ok(applied) => applied,
-            Err(err) => {
-                results.push(Err(err));
-                continue;
-            }
-        };
+        let change = rules::plan(&req.user_id, &req.operation, &self.targets)?;
+        let (balance, sequence) = rules::apply(account, &change)?;
         if let Some((target, amount)) = &change.refund_of
-            && let Some(t) = targets.get_mut(target)
+            && let Some(t) = self.targets.get_mut(target)
         {
             t.refunded += amount;
-            changed_targets.insert(target.clone());
+            self.changed_targets.insert(target.clone());
         }
-        changed_accounts.insert(req.user_id.clone());
+        self.changed_accounts.insert(req.user_id.clone());
 
-        let key = req
-            .idempotency_key
-            .clone()
-            .unwrap_or_else(|| format!("server-{}", Uuid::new_v4()));
         let transaction = Transaction {
             id: Uuid::now_v7().to_string(),
             user_id: req.user_id.clone(),
@@ -133,50 +191,55 @@ pub async fn apply_batch<C: ConnectionTrait>(
             amount: change.delta,
             running_balance: balance,
             sequence,
-            idempotency_key: key.clone(),
+            idempotency_key: pending.key.clone(),
             usage: change.usage,
             reason: change.reason,
             metadata: req.metadata.clone(),
             refunded_transaction_id: change.refund_of.map(|(target, _)| target),
             refunded_amount: 0,
-            created_at,
+            created_at: self.created_at,
             created_by: Some(req.actor.name.clone()),
             created_by_subject: req.actor.certificate_subject.clone(),
         };
-        rows.push(to_row(&transaction, pending.fingerprint.clone()).into_active_model());
+        self.rows
+            .push(to_row(&transaction, pending.fingerprint.clone()));
         let outcome = WriteOutcome {
             transaction,
             balance,
             replayed: false,
         };
-        in_batch.insert(
-            (req.user_id.clone(), key),
-            KeyUse::Applied {
-                fingerprint: pending.fingerprint.clone(),
-                outcome: outcome.clone(),
-            },
-        );
-        results.push(Ok(outcome));
+        self.in_batch
+            .insert(lookup, (pending.fingerprint.clone(), outcome.clone()));
+        Ok(outcome)
     }
 
-    if rows.is_empty() {
-        return Ok(results);
-    }
-    let changed: Vec<(&String, &Account)> = accounts
-        .iter()
-        .filter(|(user, _)| changed_accounts.contains(*user))
-        .collect();
-    write_accounts(db, &changed, created_at).await?;
-    let refunded: Vec<(&String, i64)> = targets
-        .iter()
-        .filter(|(id, _)| changed_targets.contains(*id))
-        .map(|(id, t)| (id, t.refunded))
-        .collect();
-    write_refunded(db, &refunded).await?;
-    ctx::Entity::insert_many(rows)
+    /// Writes what the batch changed: balances, refunded totals, log rows.
+    async fn write<C: ConnectionTrait>(self, db: &C) -> Result<(), LedgerError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let changed: Vec<(&String, &Account)> = self
+            .accounts
+            .iter()
+            .filter(|(user, _)| self.changed_accounts.contains(*user))
+            .collect();
+        write_accounts(db, &changed, self.created_at).await?;
+        let refunded: Vec<(&String, i64)> = self
+            .targets
+            .iter()
+            .filter(|(id, _)| self.changed_targets.contains(*id))
+            .map(|(id, t)| (id, t.refunded))
+            .collect();
+        write_refunded(db, &refunded).await?;
+        ctx::Entity::insert_many(
+            self.rows
+                .into_iter()
+                .map(IntoActiveModel::into_active_model),
+        )
         .exec_without_returning(db)
         .await?;
-    Ok(results)
+        Ok(())
+    }
 }
 
 /// The original answer for a retry, or the refusal of a reused key.
@@ -197,18 +260,36 @@ fn replay(
 }
 
 /// Locks the balance rows of every user in the batch, in user-id order.
+/// Returns the locked accounts and the users skipped because another
+/// transaction holds their row (`LockMode::Skip`); a user in neither does
+/// not exist.
 async fn lock_accounts<C: ConnectionTrait>(
     db: &C,
     batch: &[Pending],
-) -> Result<HashMap<String, Account>, LedgerError> {
+    mode: LockMode,
+) -> Result<(HashMap<String, Account>, HashSet<String>), LedgerError> {
     let users: HashSet<&str> = batch.iter().map(|p| p.req.user_id.as_str()).collect();
-    let rows = user_balance::Entity::find()
-        .filter(user_balance::Column::UserId.is_in(users))
-        .order_by_asc(user_balance::Column::UserId)
-        .lock_exclusive()
-        .all(db)
-        .await?;
-    Ok(rows
+    let backend = db.get_database_backend();
+    let select = user_balance::Entity::find()
+        .filter(user_balance::Column::UserId.is_in(users.iter().copied()))
+        .order_by_asc(user_balance::Column::UserId);
+    let rows = match (backend, mode) {
+        // BEGIN IMMEDIATE already holds the only write lock.
+        (DbBackend::Sqlite, _) => select.all(db).await?,
+        (_, LockMode::Skip) => {
+            select
+                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                .all(db)
+                .await?
+        }
+        (_, LockMode::Wait) => {
+            bound_lock_wait(db, Some(LOCK_WAIT_SECS)).await?;
+            let rows = select.lock_exclusive().all(db).await;
+            bound_lock_wait(db, None).await?;
+            rows?
+        }
+    };
+    let accounts: HashMap<String, Account> = rows
         .into_iter()
         .map(|r| {
             let account = Account {
@@ -217,17 +298,58 @@ async fn lock_accounts<C: ConnectionTrait>(
             };
             (r.user_id, account)
         })
-        .collect())
+        .collect();
+    let missing: Vec<&str> = users
+        .into_iter()
+        .filter(|u| !accounts.contains_key(*u))
+        .collect();
+    if missing.is_empty() || backend == DbBackend::Sqlite || mode == LockMode::Wait {
+        return Ok((accounts, HashSet::new()));
+    }
+    // Users are never deleted, so a row that exists but was not returned is
+    // held by another transaction.
+    let skipped = user_balance::Entity::find()
+        .select_only()
+        .column(user_balance::Column::UserId)
+        .filter(user_balance::Column::UserId.is_in(missing))
+        .into_tuple::<String>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect();
+    Ok((accounts, skipped))
+}
+
+/// Bounds (or, with `None`, restores) how long the next lock waits.
+/// PostgreSQL: `SET LOCAL`, gone at commit. MySQL: a session setting, so it
+/// is put back right after the locking statement.
+async fn bound_lock_wait<C: ConnectionTrait>(
+    db: &C,
+    seconds: Option<u32>,
+) -> Result<(), LedgerError> {
+    let backend = db.get_database_backend();
+    let sql = match (backend, seconds) {
+        (DbBackend::Postgres, Some(s)) => format!("SET LOCAL lock_timeout = '{s}s'"),
+        (DbBackend::Postgres, None) => return Ok(()),
+        (DbBackend::MySql, Some(s)) => format!("SET SESSION innodb_lock_wait_timeout = {s}"),
+        (DbBackend::MySql, None) => {
+            "SET SESSION innodb_lock_wait_timeout = @@GLOBAL.innodb_lock_wait_timeout".to_owned()
+        }
+        _ => return Ok(()),
+    };
+    db.execute_raw(Statement::from_string(backend, sql)).await?;
+    Ok(())
 }
 
 /// Stored transactions that carry one of the batch's caller-given keys.
 async fn stored_by_key<C: ConnectionTrait>(
     db: &C,
-    batch: &[Pending],
+    batch: &[&Pending],
 ) -> Result<HashMap<(String, String), ctx::Model>, LedgerError> {
     let wanted: HashSet<(&str, &str)> = batch
         .iter()
-        .filter_map(|p| Some((p.req.user_id.as_str(), p.req.idempotency_key.as_deref()?)))
+        .filter(|p| p.caller_key)
+        .map(|p| (p.req.user_id.as_str(), p.key.as_str()))
         .collect();
     if wanted.is_empty() {
         return Ok(HashMap::new());
@@ -272,12 +394,12 @@ async fn stored_by_key<C: ConnectionTrait>(
 /// row locks, so their refunded totals are current).
 async fn refund_targets<C: ConnectionTrait>(
     db: &C,
-    batch: &[Pending],
+    batch: &[&Pending],
 ) -> Result<HashMap<String, RefundTarget>, LedgerError> {
     let ids: HashSet<&str> = batch
         .iter()
         .filter_map(|p| match &p.req.operation {
-            super::model::Operation::Refund { transaction_id, .. } => Some(transaction_id.as_str()),
+            Operation::Refund { transaction_id, .. } => Some(transaction_id.as_str()),
             _ => None,
         })
         .collect();
@@ -323,7 +445,7 @@ async fn write_accounts<C: ConnectionTrait>(
         .exec(db)
         .await?;
     if result.rows_affected != changed.len() as u64 {
-        return Err(LedgerError::Conflict(format!(
+        return Err(LedgerError::Internal(format!(
             "updated {} balance rows of {} locked",
             result.rows_affected,
             changed.len()

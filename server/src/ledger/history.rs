@@ -4,10 +4,11 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value};
 
+use super::error::LedgerError;
+use super::handle::Ledger;
 use super::model::{Balance, HistoryPage, HistoryQuery, Transaction};
-use super::{Ledger, page_token};
+use super::page_token;
 use crate::entity::credit_transaction as ctx;
-use crate::error::LedgerError;
 
 impl Ledger {
     /// The user's balance, read from `user_balance` only (reads that arrive
@@ -22,10 +23,14 @@ impl Ledger {
         user_id: &str,
         transaction_id: &str,
     ) -> Result<Transaction, LedgerError> {
-        let row = ctx::Entity::find_by_id(transaction_id.to_owned())
-            .filter(ctx::Column::UserId.eq(user_id))
-            .one(self.db())
-            .await?;
+        let row = {
+            let _turn = self.store.direct_read().await?;
+            ctx::Entity::find_by_id(transaction_id.to_owned())
+                .filter(ctx::Column::UserId.eq(user_id))
+                .one(self.db())
+                .await
+                .map_err(|e| self.store.explain(e.into()))?
+        };
         match row {
             Some(row) => Transaction::try_from(row),
             None => {
@@ -87,11 +92,15 @@ impl Ledger {
             select = select.filter(ctx::Column::CreatedBy.eq(created_by));
         }
         // One row more than asked tells whether another page follows.
-        let mut rows = select
-            .order_by_desc(ctx::Column::Sequence)
-            .limit(page_size + 1)
-            .all(self.db())
-            .await?;
+        let mut rows = {
+            let _turn = self.store.direct_read().await?;
+            select
+                .order_by_desc(ctx::Column::Sequence)
+                .limit(page_size + 1)
+                .all(self.db())
+                .await
+                .map_err(|e| self.store.explain(e.into()))?
+        };
         let more = rows.len() as u64 > page_size;
         rows.truncate(page_size as usize);
         let next_page_token = match rows.last() {

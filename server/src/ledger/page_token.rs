@@ -8,8 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::error::LedgerError;
 use super::model::HistoryFilter;
-use crate::error::LedgerError;
 
 #[derive(Serialize, Deserialize)]
 struct Token {

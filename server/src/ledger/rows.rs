@@ -1,7 +1,7 @@
 //! Conversions between table rows and domain types.
 
+use super::error::LedgerError;
 use crate::entity::{credit_transaction, user};
-use crate::error::LedgerError;
 
 use super::model::{Metadata, Transaction, TxKind, Usage, User};
 

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
+use super::error::LedgerError;
 use super::model::{Operation, TxKind, Usage};
 use crate::entity::credit_transaction as ctx;
-use crate::error::LedgerError;
 
 /// A user's balance row as the current batch sees it (locked).
 #[derive(Debug, Clone)]

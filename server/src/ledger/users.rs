@@ -3,16 +3,26 @@
 
 use sea_orm::{EntityTrait, IntoActiveModel, SqlErr};
 
+use super::error::LedgerError;
+use super::handle::Ledger;
 use super::model::{NewUser, User};
-use super::{Ledger, now};
+use super::store::now;
 use crate::entity::{user, user_balance};
-use crate::error::LedgerError;
 
 impl Ledger {
     /// Creates `new`, or returns the existing user when the same id was
     /// created with the same email before (a safe retry).
     pub async fn create_user(&self, new: NewUser) -> Result<User, LedgerError> {
-        if let Some(existing) = self.find_user(&new.id).await? {
+        // Creating users shares the connections set aside for reads that
+        // are not balance reads, so a flood of them cannot starve writes.
+        let _turn = self.store.direct_read().await?;
+        self.insert_user(new)
+            .await
+            .map_err(|e| self.store.explain(e))
+    }
+
+    async fn insert_user(&self, new: NewUser) -> Result<User, LedgerError> {
+        if let Some(existing) = self.query_user(&new.id).await? {
             return same_user(existing, &new);
         }
         let created_at = now();
@@ -49,7 +59,7 @@ impl Ledger {
                 // Lost a race with a concurrent create of the same id, or the
                 // email belongs to someone else.
                 txn.rollback().await;
-                match self.find_user(&new.id).await? {
+                match self.query_user(&new.id).await? {
                     Some(existing) => same_user(existing, &new),
                     None => Err(LedgerError::EmailAlreadyExists(new.email)),
                 }
@@ -69,6 +79,13 @@ impl Ledger {
     }
 
     async fn find_user(&self, user_id: &str) -> Result<Option<User>, LedgerError> {
+        let _turn = self.store.direct_read().await?;
+        self.query_user(user_id)
+            .await
+            .map_err(|e| self.store.explain(e))
+    }
+
+    async fn query_user(&self, user_id: &str) -> Result<Option<User>, LedgerError> {
         Ok(user::Entity::find_by_id(user_id.to_owned())
             .one(self.db())
             .await?

@@ -5,19 +5,22 @@
 mod actor;
 mod convert;
 mod requests;
+pub mod status;
 mod validate;
 
 use credit_proto::v1::{self as pb, credit_service_server::CreditService};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Role};
-use crate::error::LedgerError;
+use crate::gate::CallInfo;
 use crate::ledger::Ledger;
 use crate::ledger::model::WriteOutcome;
+use crate::telemetry::metrics;
 use convert::timestamp;
 
 pub use requests::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-pub use validate::{MAX_ID_CHARS, MAX_METADATA_BYTES, MAX_TEXT_CHARS};
+pub use status::ERROR_DOMAIN;
+pub use validate::{MAX_ID_CHARS, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_TEXT_CHARS};
 
 /// `credit.v1.CreditService` over a [`Ledger`].
 #[derive(Clone)]
@@ -28,6 +31,14 @@ pub struct CreditApi {
 impl CreditApi {
     pub fn new(ledger: Ledger) -> Self {
         Self { ledger }
+    }
+}
+
+/// Tells the gate which user the call concerns (for its access line and
+/// the span), before anything else can fail.
+fn note<T>(request: &Request<T>, user_id: &str) {
+    if let Some(info) = request.extensions().get::<CallInfo>() {
+        info.note_user(user_id);
     }
 }
 
@@ -42,6 +53,7 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
         let new = requests::create_user(request.into_inner())?;
         let user = self.ledger.create_user(new).await?;
         Ok(Response::new(pb::CreateUserResponse {
@@ -53,6 +65,7 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
         let user_id = requests::user_id(request.into_inner().user_id)?;
         let user = self.ledger.user(&user_id).await?;
         Ok(Response::new(pb::GetUserResponse {
@@ -64,6 +77,7 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
         let user_id = requests::user_id(request.into_inner().user_id)?;
         let b = self.ledger.balance(&user_id).await?;
         Ok(Response::new(pb::GetBalanceResponse {
@@ -78,6 +92,7 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::TopUpRequest>,
     ) -> Result<Response<pb::TopUpResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
         let actor = actor::of(&request);
         let write = requests::top_up(request.into_inner(), actor)?;
         let (transaction, balance) = written(self.ledger.write(write).await?);
@@ -91,6 +106,7 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::SpendRequest>,
     ) -> Result<Response<pb::SpendResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
         let actor = actor::of(&request);
         let write = requests::spend(request.into_inner(), actor)?;
         let (transaction, balance) = written(self.ledger.write(write).await?);
@@ -104,6 +120,7 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::GrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
         let actor = actor::of(&request);
         let write = requests::grant(request.into_inner(), actor)?;
         let (transaction, balance) = written(self.ledger.write(write).await?);
@@ -117,6 +134,7 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::RefundRequest>,
     ) -> Result<Response<pb::RefundResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
         // The gate admitted only services and admins; a service refunds only
         // usage. Without the gate (no keys configured) everyone is admin.
         let usage_only = request
@@ -136,6 +154,7 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
         let (user_id, transaction_id) = requests::get_transaction(request.into_inner())?;
         let tx = self.ledger.transaction(&user_id, &transaction_id).await?;
         Ok(Response::new(pb::GetTransactionResponse {
@@ -147,14 +166,15 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::VerifyLedgerRequest>,
     ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
         let user_id = request.into_inner().user_id;
         let user_id = match user_id.is_empty() {
             true => None,
             false => Some(requests::user_id(user_id)?),
         };
-        let report = crate::verify::verify(self.ledger.db(), user_id.as_deref())
-            .await
-            .map_err(LedgerError::from)?;
+        let report = self.ledger.verify(user_id.as_deref()).await?;
+        ::metrics::counter!(metrics::VERIFICATIONS).increment(1);
+        ::metrics::gauge!(metrics::VIOLATIONS).set(report.violation_count() as f64);
         Ok(Response::new(pb::VerifyLedgerResponse {
             clean: report.is_clean(),
             users_checked: report.users_checked as i64,
@@ -178,6 +198,7 @@ impl CreditService for CreditApi {
         &self,
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
         let query = requests::list_transactions(request.into_inner())?;
         let page = self.ledger.history(query).await?;
         Ok(Response::new(pb::ListTransactionsResponse {

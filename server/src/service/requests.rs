@@ -6,7 +6,7 @@ use credit_proto::v1 as pb;
 
 use super::convert::{from_timestamp, from_tx_type};
 use super::validate::Checker;
-use crate::error::LedgerError;
+use crate::ledger::LedgerError;
 use crate::ledger::model::{
     Actor, HistoryFilter, HistoryQuery, NewUser, Operation, Usage, WriteRequest,
 };

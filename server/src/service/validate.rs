@@ -4,8 +4,8 @@
 use prost_types::Struct;
 
 use super::convert::from_struct;
-use crate::error::{FieldViolation, LedgerError};
 use crate::ledger::model::Metadata;
+use crate::ledger::{FieldViolation, LedgerError};
 
 /// Longest user id, transaction id or idempotency key (characters).
 pub const MAX_ID_CHARS: usize = 128;
@@ -15,6 +15,10 @@ pub const MAX_TEXT_CHARS: usize = 256;
 pub const MAX_EMAIL_CHARS: usize = 320;
 /// Largest metadata, as compact JSON (bytes).
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Deepest metadata nesting (the top-level object is level 1). The wire
+/// decoder gives up a few levels deeper (prost's recursion limit); both
+/// refusals name this limit.
+pub const MAX_METADATA_DEPTH: usize = 30;
 
 /// Collects the violations of one request.
 #[derive(Default)]
@@ -63,16 +67,24 @@ impl Checker {
     }
 
     /// A transaction id as this service issues them (a UUID).
+    /// Any spelling of a UUID (upper case, without hyphens, braced, URN) is
+    /// read as the id this service issued: the canonical lower-case,
+    /// hyphenated form it stores.
     pub fn transaction_id(&mut self, field: &str, value: String) -> String {
         if value.is_empty() {
             self.fail(field, "is required");
-        } else if uuid::Uuid::try_parse(&value).is_err() {
-            self.fail(
-                field,
-                "must be a transaction id returned by this service (a UUID)",
-            );
+            return value;
         }
-        value
+        match uuid::Uuid::try_parse(&value) {
+            Ok(id) => id.hyphenated().to_string(),
+            Err(_) => {
+                self.fail(
+                    field,
+                    "must be a transaction id returned by this service (a UUID)",
+                );
+                value
+            }
+        }
     }
 
     /// Optional free text of at most `MAX_TEXT_CHARS` (empty means absent).
@@ -138,9 +150,15 @@ impl Checker {
                 return None;
             }
         };
-        let bytes = serde_json::Value::Object(metadata.clone())
-            .to_string()
-            .len();
+        let json = serde_json::Value::Object(metadata.clone());
+        let depth = depth(&json);
+        if depth > MAX_METADATA_DEPTH {
+            self.fail(
+                field,
+                format!("is nested too deeply: at most {MAX_METADATA_DEPTH} levels, got {depth}"),
+            );
+        }
+        let bytes = json.to_string().len();
         if bytes > MAX_METADATA_BYTES {
             self.fail(
                 field,
@@ -164,5 +182,15 @@ impl Checker {
         } else {
             Err(LedgerError::InvalidArgument(self.violations))
         }
+    }
+}
+
+/// Nesting depth of a JSON value: a scalar is 0, an object or a list one
+/// more than its deepest member.
+fn depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }

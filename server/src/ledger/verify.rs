@@ -34,8 +34,10 @@ use sea_orm::{
     TransactionOptions, TransactionTrait,
 };
 
+use super::error::LedgerError;
+use super::handle::Ledger;
+use super::model::TxKind;
 use crate::entity::{credit_transaction as ctx, user, user_balance};
-use crate::ledger::model::TxKind;
 
 /// Users read per page.
 const USER_PAGE: u64 = 500;
@@ -766,4 +768,13 @@ fn no_user(owner: impl IntoColumnRef) -> Expr {
             .to_owned(),
     )
     .not()
+}
+
+impl Ledger {
+    /// Checks every invariant of one user's ledger, or of all users'.
+    pub async fn verify(&self, user_id: Option<&str>) -> Result<VerifyReport, LedgerError> {
+        verify(self.db(), user_id)
+            .await
+            .map_err(|e| self.store.explain(e.into()))
+    }
 }
