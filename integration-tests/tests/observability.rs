@@ -25,6 +25,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost_types::{Struct, Value, value::Kind};
+use sea_orm::TransactionTrait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -329,6 +330,78 @@ async fn metrics_count_a_known_workload(db: &TestDb) -> anyhow::Result<()> {
     }
     .await;
     server.explain(result)
+}
+
+/// Polls the scrape until `credit_requests_in_flight` is `want` (10 s at
+/// most); the last value seen otherwise.
+async fn in_flight_becomes(metrics: SocketAddr, want: f64) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = parse_samples(&scrape(metrics).await?)?;
+        let now = value(&samples, "credit_requests_in_flight", &[]).unwrap_or(f64::NAN);
+        if now == want || Instant::now() > deadline {
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A call its caller abandons while the server holds it (the client drops
+/// it: HTTP/2 resets the stream) is no longer counted in flight once it is
+/// gone. SQLite: the test holds the database's write lock itself.
+#[tokio::test]
+async fn abandoned_calls_leave_the_in_flight_gauge() -> anyhow::Result<()> {
+    let db = TestDb::sqlite().await?;
+    let metrics = free_addr()?;
+    let listen = metrics.to_string();
+    let server = ServerProcess::start(&db.url, &["--metrics-listen", &listen]).await?;
+    let result = async {
+        let mut c = server.client().await?;
+        api::create_user(&mut c, "u").await?;
+        let lock = sea_orm::Database::connect(&db.url)
+            .await?
+            .begin_with_options(sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?;
+        let mut held = server.client().await?;
+        let call =
+            tokio::spawn(async move { api::top_up_with_key(&mut held, "u", 1, "abandoned").await });
+        let holding = in_flight_becomes(metrics, 1.0).await?;
+        ensure!(holding == 1.0, "the held call is not in flight: {holding}");
+        call.abort(); // drops the call: the client resets its stream
+        ensure!(call.await.is_err_and(|e| e.is_cancelled()), "the call was not abandoned");
+        let after = in_flight_becomes(metrics, 0.0).await?;
+        lock.rollback().await?;
+        let text = scrape(metrics).await?;
+        let top_ups: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_handled_total") && l.contains("\"TopUp\""))
+            .collect();
+        let access = server
+            .stderr_text()
+            .lines()
+            .filter(|l| l.contains("credit::access") && l.contains("TopUp"))
+            .count();
+        eprintln!(
+            "abandoned call: in flight {after} 10 s later; TopUp handled series {top_ups:?}; TopUp access lines {access}"
+        );
+        ensure!(
+            after == 0.0,
+            "credit_requests_in_flight is {after} 10 s after the only call in flight was abandoned"
+        );
+        // The server is fine: the abandoned write was queued before the
+        // reset and is applied once the lock is gone.
+        let retried = api::top_up_with_key(&mut c, "u", 1, "abandoned").await?;
+        ensure!(retried.balance == 1, "{retried:?}");
+        ensure!(in_flight_becomes(metrics, 0.0).await? == 0.0);
+        Ok(())
+    }
+    .await;
+    server.explain(result)?;
+    drop(server);
+    db.drop_database().await
 }
 
 // ------------------------------------------------------------- access log
