@@ -10,8 +10,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=third_party");
     let out = PathBuf::from(env::var("OUT_DIR")?);
 
+    // With source info, reflection serves the proto's comments:
+    // `grpcurl describe credit.v1.SpendRequest` shows the documentation.
     let mut compiler = protox::Compiler::new(["."])?;
-    compiler.include_imports(true).open_files(api)?;
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(api)?;
     fs::write(
         out.join("credit_descriptor.bin"),
         compiler.encode_file_descriptor_set(),

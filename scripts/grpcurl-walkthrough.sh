@@ -67,3 +67,8 @@ fi
 call "The balance is unchanged" -plaintext -d "{\"user_id\": \"$USER_ID\"}" \
   "$ADDR" credit.v1.CreditService/GetBalance
 call "Health" -plaintext -d '{"service": "credit.v1.CreditService"}' "$ADDR" grpc.health.v1.Health/Check
+call "The documentation of a request (reflection serves the proto's comments)" -plaintext \
+  "$ADDR" describe credit.v1.SpendRequest
+call "Who made each write (the audit trail; filter by API key name)" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\", \"created_by\": \"anonymous\", \"page_size\": 1}" \
+  "$ADDR" credit.v1.CreditService/ListTransactions

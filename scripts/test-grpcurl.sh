@@ -105,6 +105,8 @@ for run in 1 2; do
   expect "$transcript" 6 "(grpcurl exited with status 73)"
   expect "$transcript" 7 '"balance": "70"'
   expect "$transcript" 8 '"status": "SERVING"'
+  expect "$transcript" 9 "// The credits to take; must be > 0 and no more than the balance."
+  expect "$transcript" 10 '"createdBy": "anonymous"'
 done
 
 # Run 2 repeated every write with the same idempotency keys: same transactions.

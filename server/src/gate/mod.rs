@@ -153,6 +153,7 @@ where
             info: info.clone(),
             span: span.clone(),
             access_log: config.access_log,
+            done: false,
         };
         let admitted = span.in_scope(|| self.admit(&method, request.headers()));
         let (caller, permit) = match admitted {
@@ -162,14 +163,20 @@ where
             }
         };
         span.record("caller", caller.name.as_str());
-        let deadline = deadline::of(request.headers(), config.request_timeout);
+        // The deadline starts now, before tonic starts its own timer on the
+        // same `grpc-timeout` (it does so after this call returns), so ours
+        // always fires first and the caller gets an answer with ErrorInfo.
+        let deadline =
+            tokio::time::Instant::now() + deadline::of(request.headers(), config.request_timeout);
         request.extensions_mut().insert(caller);
         request.extensions_mut().insert(info);
         Box::pin(
             async move {
-                ::metrics::gauge!(m::IN_FLIGHT).increment(1.0);
-                let response = tokio::time::timeout(deadline, inner.call(request)).await;
-                ::metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+                // Dropped with the future too: a call its client abandons
+                // leaves the gauge as it found it.
+                let in_flight = InFlight::start();
+                let response = tokio::time::timeout_at(deadline, inner.call(request)).await;
+                drop(in_flight);
                 drop(permit);
                 let response = match response {
                     Ok(response) => rewrite::transport_errors(response?, config.max_message_bytes),
@@ -258,18 +265,44 @@ fn request_id(headers: &http::HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
 }
 
+/// One call in the in-flight gauge, for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        ::metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        ::metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    }
+}
+
 /// What the gate does with every answer: request id header, metrics and
-/// the access line.
+/// the access line. A call whose client went away before the answer (its
+/// future dropped) is still counted, as CANCELLED.
 struct Finish {
     method: String,
     started: Instant,
     info: CallInfo,
     span: tracing::Span,
     access_log: bool,
+    done: bool,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record(tonic::Code::Cancelled, "");
+        }
+    }
 }
 
 impl Finish {
-    fn answer(self, mut response: http::Response<Body>) -> http::Response<Body> {
+    fn answer(mut self, mut response: http::Response<Body>) -> http::Response<Body> {
         if let Ok(value) = HeaderValue::from_str(&self.info.request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
@@ -287,6 +320,13 @@ impl Finish {
             ),
             None => (tonic::Code::Ok, String::new()),
         };
+        self.record(code, &reason);
+        self.done = true;
+        response
+    }
+
+    /// Metrics, the span's code and the access line of a finished call.
+    fn record(&self, code: tonic::Code, reason: &str) {
         let elapsed = self.started.elapsed();
         let code_name = format!("{code:?}");
         let method = self.method.clone();
@@ -314,7 +354,6 @@ impl Finish {
                 "request finished"
             );
         }
-        response
     }
 }
 

@@ -475,3 +475,89 @@ async fn write_refunded<C: ConnectionTrait>(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::fingerprint::fingerprint;
+    use crate::ledger::model::{Actor, Usage};
+
+    fn pending(user: &str, key: Option<&str>, operation: Operation) -> Pending {
+        let req = WriteRequest {
+            user_id: user.into(),
+            idempotency_key: key.map(str::to_owned),
+            operation,
+            metadata: None,
+            actor: Actor {
+                name: "billing".into(),
+                certificate_subject: None,
+            },
+        };
+        Pending {
+            fingerprint: fingerprint(&req),
+            key: key.map_or_else(|| format!("server-{}", Uuid::new_v4()), str::to_owned),
+            caller_key: key.is_some(),
+            req,
+            span: tracing::Span::none(),
+        }
+    }
+
+    fn spend(amount: i64) -> Operation {
+        Operation::Spend {
+            amount,
+            usage: Usage::default(),
+        }
+    }
+
+    fn state(balances: &[(&str, i64)]) -> BatchState {
+        let accounts = balances
+            .iter()
+            .map(|(u, b)| {
+                let account = Account {
+                    balance: *b,
+                    last_sequence: 3,
+                };
+                ((*u).to_owned(), account)
+            })
+            .collect();
+        BatchState::new(accounts, HashMap::new(), HashMap::new(), now())
+    }
+
+    /// Each request sees the balance the ones before it left; a refusal
+    /// changes nothing and does not stop the others; sequences and running
+    /// balances chain; a key repeated in the batch replays, or is refused
+    /// when its parameters differ.
+    #[test]
+    fn each_request_keeps_its_own_rules_inside_a_batch() {
+        let mut s = state(&[("a", 10), ("b", 0)]);
+        let first = s.step(&pending("a", Some("k1"), spend(6))).unwrap();
+        assert_eq!((first.balance, first.transaction.sequence), (4, 4));
+        assert_eq!(first.transaction.created_by.as_deref(), Some("billing"));
+        let refused = s.step(&pending("a", None, spend(5)));
+        assert!(matches!(
+            refused,
+            Err(LedgerError::InsufficientBalance {
+                available: 4,
+                requested: 5
+            })
+        ));
+        let second = s.step(&pending("a", None, spend(4))).unwrap();
+        assert_eq!((second.balance, second.transaction.sequence), (0, 5));
+        let replay = s.step(&pending("a", Some("k1"), spend(6))).unwrap();
+        assert!(replay.replayed);
+        assert_eq!(replay.transaction.id, first.transaction.id);
+        assert!(matches!(
+            s.step(&pending("a", Some("k1"), spend(7))),
+            Err(LedgerError::IdempotencyKeyReused(_))
+        ));
+        // The same key for another user is another key.
+        let other = s.step(&pending("b", Some("k1"), Operation::TopUp { amount: 2 }));
+        assert_eq!(other.unwrap().transaction.sequence, 4);
+        assert!(matches!(
+            s.step(&pending("nobody", None, spend(1))),
+            Err(LedgerError::UserNotFound(_))
+        ));
+        assert_eq!(s.rows.len(), 3, "three transactions were applied");
+        assert_eq!(s.changed_accounts.len(), 2);
+    }
+}

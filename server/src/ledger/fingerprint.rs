@@ -42,3 +42,65 @@ pub fn fingerprint(req: &WriteRequest) -> String {
     let canonical = json!({"v": 1, "operation": op, "metadata": req.metadata}).to_string();
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::model::{Actor, Usage};
+
+    fn write(operation: Operation) -> WriteRequest {
+        WriteRequest {
+            user_id: "alice".into(),
+            idempotency_key: Some("k".into()),
+            operation,
+            metadata: None,
+            actor: Actor::default(),
+        }
+    }
+
+    /// Stored fingerprints must never change meaning: a retry after an
+    /// upgrade has to match the original. These are golden values.
+    #[test]
+    fn fingerprints_are_stable() {
+        let spend = write(Operation::Spend {
+            amount: 30,
+            usage: Usage {
+                graph_exec_id: Some("run-7".into()),
+                ..Usage::default()
+            },
+        });
+        assert_eq!(
+            fingerprint(&spend),
+            "74642c6bccd814ec086f2a799363723f8d2393ef03bb1c4d0f5d5918a52d8a0c",
+        );
+        let refund = write(Operation::Refund {
+            transaction_id: "t".into(),
+            amount: Some(5),
+            reason: Some("r".into()),
+            usage_only: true,
+        });
+        assert_eq!(
+            fingerprint(&refund),
+            "2bce5ce71cfdf1f477d5fc2a02e8d53b8537de10cea684c80c5e1f64e5504baf"
+        );
+    }
+
+    #[test]
+    fn what_is_not_the_request_is_not_in_the_fingerprint() {
+        let a = write(Operation::TopUp { amount: 1 });
+        let mut b = a.clone();
+        b.user_id = "bob".into();
+        b.idempotency_key = None;
+        b.actor = Actor {
+            name: "billing".into(),
+            certificate_subject: Some("CN=x".into()),
+        };
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        let mut c = a.clone();
+        c.operation = Operation::TopUp { amount: 2 };
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+        let mut d = a.clone();
+        d.metadata = Some(serde_json::Map::from_iter([("x".to_owned(), 1.into())]));
+        assert_ne!(fingerprint(&a), fingerprint(&d));
+    }
+}

@@ -124,14 +124,21 @@ impl Ledger {
     }
 }
 
-/// `t` rounded up to a whole microsecond.
+/// `t` rounded up to a whole microsecond, and no later than the last
+/// microsecond of year 9999. Rounding the protobuf maximum
+/// (`9999-12-31T23:59:59.999999999Z`, what clients send for "no bound") up
+/// would give year 10000, which SQLite compares as text ("10000-..." sorts
+/// before "2026-...") and MySQL cannot store: every backend must answer
+/// alike (created_before the maximum is everything, created_after it
+/// nothing).
 fn ceil_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    let latest = DateTime::<Utc>::from_timestamp(253_402_300_799, 999_999_000).unwrap_or(t);
     let extra_nanos = t.timestamp_subsec_nanos() % 1_000;
-    if extra_nanos == 0 {
-        return t;
-    }
-    t.checked_add_signed(chrono::TimeDelta::nanoseconds(i64::from(
-        1_000 - extra_nanos,
-    )))
-    .unwrap_or(t)
+    let rounded = match extra_nanos {
+        0 => t,
+        n => t
+            .checked_add_signed(chrono::TimeDelta::nanoseconds(i64::from(1_000 - n)))
+            .unwrap_or(latest),
+    };
+    rounded.min(latest)
 }

@@ -71,3 +71,34 @@ fn filter_hash(filter: &HistoryFilter) -> String {
     }
     hex::encode(&Sha256::digest(canonical.to_string().as_bytes())[..8])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::model::TxKind;
+
+    #[test]
+    fn tokens_round_trip_and_stay_bound() {
+        let filter = HistoryFilter {
+            kinds: vec![TxKind::Usage, TxKind::TopUp],
+            graph_exec_id: Some("g".into()),
+            ..HistoryFilter::default()
+        };
+        let token = encode("u", &filter, 42);
+        assert_eq!(decode(&token, "u", &filter).unwrap(), 42);
+        // The same filters in another order are the same filters.
+        let reordered = HistoryFilter {
+            kinds: vec![TxKind::TopUp, TxKind::Usage],
+            ..filter.clone()
+        };
+        assert_eq!(decode(&token, "u", &reordered).unwrap(), 42);
+        assert!(decode(&token, "v", &filter).is_err(), "another user");
+        let other = HistoryFilter {
+            created_by: Some("ops".into()),
+            ..filter.clone()
+        };
+        assert!(decode(&token, "u", &other).is_err(), "other filters");
+        assert!(decode("garbage", "u", &filter).is_err());
+        assert!(decode(&encode("u", &filter, 0), "u", &filter).is_err());
+    }
+}

@@ -133,3 +133,211 @@ pub fn apply(account: &mut Account, change: &Change) -> Result<(i64, i64), Ledge
     account.last_sequence += 1;
     Ok((new_balance, account.last_sequence))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::model::Usage;
+
+    /// A stored transaction of `kind` and `amount` with `refunded` so far.
+    fn target(kind: TxKind, amount: i64, refunded: i64) -> HashMap<String, RefundTarget> {
+        let row = ctx::Model {
+            id: "t".into(),
+            user_id: "u".into(),
+            sequence: 1,
+            r#type: kind.as_str().into(),
+            amount,
+            running_balance: amount,
+            idempotency_key: "k".into(),
+            fingerprint: "f".into(),
+            refunded_transaction_id: None,
+            refunded_amount: refunded,
+            graph_exec_id: None,
+            graph_id: None,
+            node_id: None,
+            node_exec_id: None,
+            block_id: None,
+            reason: None,
+            metadata: None,
+            created_at: chrono::Utc::now(),
+            created_by: None,
+            created_by_subject: None,
+        };
+        HashMap::from([("t".to_owned(), RefundTarget { row, refunded })])
+    }
+
+    fn refund(amount: Option<i64>, usage_only: bool) -> Operation {
+        Operation::Refund {
+            transaction_id: "t".into(),
+            amount,
+            reason: None,
+            usage_only,
+        }
+    }
+
+    /// Name, balance before, operation, refund targets, the balance after
+    /// or a part of the refusal's text.
+    type Case = (
+        &'static str,
+        i64,
+        Operation,
+        HashMap<String, RefundTarget>,
+        Result<i64, &'static str>,
+    );
+
+    fn run(
+        balance: i64,
+        op: &Operation,
+        targets: &HashMap<String, RefundTarget>,
+    ) -> Result<i64, String> {
+        let mut account = Account {
+            balance,
+            last_sequence: 7,
+        };
+        let change = plan("u", op, targets).map_err(|e| e.to_string())?;
+        let (new_balance, sequence) = apply(&mut account, &change).map_err(|e| e.to_string())?;
+        assert_eq!(sequence, 8, "every applied change takes the next sequence");
+        assert_eq!(account.balance, new_balance);
+        Ok(new_balance)
+    }
+
+    #[test]
+    fn money_rules() {
+        let none = HashMap::new();
+        let spend = |amount| Operation::Spend {
+            amount,
+            usage: Usage::default(),
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "top-up adds",
+                5,
+                Operation::TopUp { amount: 10 },
+                none.clone(),
+                Ok(15),
+            ),
+            (
+                "grant adds",
+                0,
+                Operation::Grant {
+                    amount: 3,
+                    reason: None,
+                },
+                none.clone(),
+                Ok(3),
+            ),
+            ("spend of all", 10, spend(10), none.clone(), Ok(0)),
+            (
+                "overspend",
+                10,
+                spend(11),
+                none.clone(),
+                Err("insufficient balance: 10 available, 11 requested"),
+            ),
+            (
+                "top-up overflow",
+                i64::MAX,
+                Operation::TopUp { amount: 1 },
+                none.clone(),
+                Err("overflow"),
+            ),
+            (
+                "credit to a negative balance",
+                -5,
+                Operation::TopUp { amount: 1 },
+                none.clone(),
+                Ok(-4),
+            ),
+            (
+                "refund of usage returns",
+                0,
+                refund(None, false),
+                target(TxKind::Usage, -30, 10),
+                Ok(20),
+            ),
+            (
+                "partial refund",
+                0,
+                refund(Some(5), true),
+                target(TxKind::Usage, -30, 0),
+                Ok(5),
+            ),
+            (
+                "refund beyond what is left",
+                0,
+                refund(Some(25), false),
+                target(TxKind::Usage, -30, 10),
+                Err("exceeds the 20 credits"),
+            ),
+            (
+                "fully refunded",
+                0,
+                refund(None, false),
+                target(TxKind::Usage, -30, 30),
+                Err("already fully refunded"),
+            ),
+            (
+                "top-up refund may go negative",
+                3,
+                refund(None, false),
+                target(TxKind::TopUp, 10, 0),
+                Ok(-7),
+            ),
+            (
+                "grant refund may not",
+                3,
+                refund(None, false),
+                target(TxKind::Grant, 10, 0),
+                Err("insufficient balance"),
+            ),
+            (
+                "service refunds usage only",
+                50,
+                refund(None, true),
+                target(TxKind::TopUp, 10, 0),
+                Err("permission denied"),
+            ),
+            (
+                "refunds are not refundable",
+                50,
+                refund(None, false),
+                target(TxKind::Refund, 10, 0),
+                Err("cannot be refunded"),
+            ),
+            (
+                "unknown target",
+                50,
+                refund(None, false),
+                none.clone(),
+                Err("not found"),
+            ),
+        ];
+        for (name, balance, op, targets, want) in cases {
+            let got = run(balance, &op, &targets);
+            match (&got, want) {
+                (Ok(b), Ok(w)) => assert_eq!(*b, w, "{name}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{name}: {e:?} lacks {w:?}"),
+                _ => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_change_leaves_the_account_alone() {
+        let mut account = Account {
+            balance: 4,
+            last_sequence: 2,
+        };
+        let change = plan(
+            "u",
+            &Operation::Spend {
+                amount: 5,
+                usage: Usage::default(),
+            },
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert!(apply(&mut account, &change).is_err());
+        assert_eq!((account.balance, account.last_sequence), (4, 2));
+    }
+}
