@@ -24,6 +24,7 @@ use crate::{Balance, ClientBuilder, Error, RetryPolicy, Transaction, User};
 pub struct CreditClient {
     grpc: CreditServiceClient<Channel>,
     deadline: Duration,
+    call_timeout: Option<Duration>,
     retry: RetryPolicy,
     authorization: Option<MetadataValue<Ascii>>,
 }
@@ -46,6 +47,7 @@ impl CreditClient {
         Self {
             grpc: CreditServiceClient::new(channel),
             deadline: DEFAULT_DEADLINE,
+            call_timeout: None,
             retry: RetryPolicy::default(),
             authorization: None,
         }
@@ -55,6 +57,18 @@ impl CreditClient {
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
+    }
+
+    /// The same client with a limit on each call as a whole, retries and
+    /// the waits between them included (see [`ClientBuilder::call_timeout`]).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = Some(timeout);
+        self
+    }
+
+    /// The limit on each call as a whole, if any.
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.call_timeout
     }
 
     /// The same client with another retry policy.
@@ -129,7 +143,8 @@ impl CreditClient {
         required(response.transaction, "transaction")?.try_into()
     }
 
-    /// Sends `message` through `send`, retrying per the policy.
+    /// Sends `message` through `send`, retrying per the policy, within the
+    /// call timeout if there is one.
     ///
     /// Every attempt sends the same message, so a write keeps its
     /// idempotency key across attempts and is applied at most once.
@@ -139,21 +154,49 @@ impl CreditClient {
         F: Fn(CreditServiceClient<Channel>, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
+        let give_up_at = self.call_timeout.map(|limit| Instant::now() + limit);
         let mut attempt = 1;
         loop {
-            let status = match self.attempt(message.clone(), &send).await {
+            // The attempt's deadline, cut to what is left of the call's.
+            let deadline = match give_up_at {
+                Some(at) => self
+                    .deadline
+                    .min(at.saturating_duration_since(Instant::now())),
+                None => self.deadline,
+            };
+            if deadline.is_zero() {
+                return Err(Error::from_status(self.call_timed_out()));
+            }
+            let status = match self.attempt(message.clone(), &send, deadline).await {
                 Ok(response) => return Ok(response),
+                // Out of time for the call as a whole, not just this attempt.
+                Err(status)
+                    if status.code() == Code::DeadlineExceeded && deadline < self.deadline =>
+                {
+                    self.call_timed_out()
+                }
                 Err(status) => status,
             };
             if attempt >= self.retry.max_attempts || !is_retryable(&status) {
                 return Err(Error::from_status(status));
             }
-            tokio::time::sleep(self.retry.backoff(attempt)).await;
+            let wait = self.retry.backoff(attempt);
+            // No retry that could not even start in time: report this
+            // attempt's failure now rather than at the deadline.
+            if give_up_at.is_some_and(|at| Instant::now() + wait >= at) {
+                return Err(Error::from_status(status));
+            }
+            tokio::time::sleep(wait).await;
             attempt += 1;
         }
     }
 
-    async fn attempt<M, R, F, Fut>(&self, message: M, send: &F) -> Result<R, Status>
+    async fn attempt<M, R, F, Fut>(
+        &self,
+        message: M,
+        send: &F,
+        deadline: Duration,
+    ) -> Result<R, Status>
     where
         F: Fn(CreditServiceClient<Channel>, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
@@ -161,7 +204,7 @@ impl CreditClient {
         let mut request = Request::new(message);
         // Tells the server when to give up too, so it does not keep working
         // for a caller that has gone.
-        request.set_timeout(self.deadline);
+        request.set_timeout(deadline);
         if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
@@ -170,30 +213,39 @@ impl CreditClient {
         let started = Instant::now();
         // Enforced here as well: a channel the caller built may not enforce
         // `grpc-timeout` itself.
-        match tokio::time::timeout(self.deadline, send(self.grpc.clone(), request)).await {
+        match tokio::time::timeout(deadline, send(self.grpc.clone(), request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             // tonic's channel enforces `grpc-timeout` too, but reports its
             // expiry as CANCELLED. A CANCELLED for any other cause arrives
             // before the deadline and is passed on as it is.
             Ok(Err(status))
-                if status.code() == Code::Cancelled && started.elapsed() >= self.deadline =>
+                if status.code() == Code::Cancelled && started.elapsed() >= deadline =>
             {
-                Err(self.deadline_exceeded())
+                Err(deadline_exceeded(deadline))
             }
             Ok(Err(status)) => Err(status),
-            Err(_) => Err(self.deadline_exceeded()),
+            Err(_) => Err(deadline_exceeded(deadline)),
         }
     }
 
-    fn deadline_exceeded(&self) -> Status {
-        Status::deadline_exceeded(format!("no answer within {} ms", self.deadline.as_millis()))
+    fn call_timed_out(&self) -> Status {
+        let limit = self.call_timeout.unwrap_or(self.deadline);
+        Status::deadline_exceeded(format!(
+            "no answer within {} ms (the call's time limit, retries included)",
+            limit.as_millis()
+        ))
     }
+}
+
+fn deadline_exceeded(deadline: Duration) -> Status {
+    Status::deadline_exceeded(format!("no answer within {} ms", deadline.as_millis()))
 }
 
 impl fmt::Debug for CreditClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CreditClient")
             .field("deadline", &self.deadline)
+            .field("call_timeout", &self.call_timeout)
             .field("retry", &self.retry)
             .field(
                 "bearer_token",

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use crate::{CreditClient, Error, RetryPolicy};
 
@@ -19,6 +19,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ClientBuilder {
     endpoint: String,
     deadline: Duration,
+    call_timeout: Option<Duration>,
     connect_timeout: Duration,
     retry: RetryPolicy,
     bearer_token: Option<String>,
@@ -26,13 +27,16 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// Settings for `endpoint` (`http://host:port` or `https://host:port`)
-    /// with the defaults: a 10 s deadline per attempt, a 5 s connect timeout,
-    /// [`RetryPolicy::default`], no credentials, TLS only for `https`.
+    /// Settings for `endpoint` (`http://host:port`, `https://host:port`, or
+    /// `host:port`, which means `http://` or, with [`ClientBuilder::tls`],
+    /// `https://`) with the defaults: a 10 s deadline per attempt, no limit
+    /// on a call as a whole, a 5 s connect timeout, [`RetryPolicy::default`],
+    /// no credentials, TLS only for `https`.
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
             deadline: DEFAULT_DEADLINE,
+            call_timeout: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             retry: RetryPolicy::default(),
             bearer_token: None,
@@ -45,6 +49,18 @@ impl ClientBuilder {
     /// take up to `max_attempts` deadlines plus the waits between them.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// The longest one call may take as a whole: every attempt and the
+    /// waits between them. Each attempt's deadline is cut to what is left,
+    /// no retry starts that could not finish in time, and a call that runs
+    /// out of time fails with [`Error::DeadlineExceeded`] (or with the
+    /// failure of its last attempt, when the wait before the next one would
+    /// not fit). Without it a call may take up to `max_attempts` deadlines
+    /// plus the waits between them.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = Some(timeout);
         self
     }
 
@@ -96,9 +112,12 @@ impl ClientBuilder {
         let invalid = |err: tonic::transport::Error| {
             Error::InvalidInput(format!("invalid endpoint {:?}: {err}", self.endpoint))
         };
-        let endpoint = Endpoint::from_shared(self.endpoint.clone())
-            .map_err(invalid)?
-            .connect_timeout(self.connect_timeout);
+        let default_scheme = match self.tls {
+            Some(_) => "https",
+            None => "http",
+        };
+        let uri = parse_endpoint(&self.endpoint, default_scheme)?;
+        let endpoint = Endpoint::from(uri).connect_timeout(self.connect_timeout);
         let tls = match (&self.tls, endpoint.uri().scheme_str()) {
             (Some(tls), _) => Some(tls.clone()),
             (None, Some("https")) => Some(TlsConfig::new()),
@@ -111,9 +130,12 @@ impl ClientBuilder {
     }
 
     fn finish(self, channel: tonic::transport::Channel) -> Result<CreditClient, Error> {
-        let client = CreditClient::from_channel(channel)
+        let mut client = CreditClient::from_channel(channel)
             .with_deadline(self.deadline)
             .with_retry_policy(self.retry);
+        if let Some(timeout) = self.call_timeout {
+            client = client.with_call_timeout(timeout);
+        }
         match self.bearer_token {
             Some(token) => client.with_bearer_token(&token),
             None => Ok(client),
@@ -126,6 +148,7 @@ impl fmt::Debug for ClientBuilder {
         f.debug_struct("ClientBuilder")
             .field("endpoint", &self.endpoint)
             .field("deadline", &self.deadline)
+            .field("call_timeout", &self.call_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("retry", &self.retry)
             .field(
@@ -135,6 +158,70 @@ impl fmt::Debug for ClientBuilder {
             .field("tls", &self.tls)
             .finish()
     }
+}
+
+/// Reads a server address: `http://host[:port]`, `https://host[:port]`, or
+/// `host[:port]` without a scheme (as grpcurl and the Python client take
+/// it), which gets `default_scheme`. Anything else (another scheme, no
+/// host, a port that is not 1 to 65535, a path, spaces) is
+/// [`Error::InvalidInput`] saying what is wrong, before anything is sent.
+///
+/// ```
+/// use credit_client::parse_endpoint;
+///
+/// let uri = parse_endpoint("127.0.0.1:50051", "http")?;
+/// assert_eq!(uri.to_string(), "http://127.0.0.1:50051/");
+/// assert!(parse_endpoint("not a host::", "http").is_err());
+/// assert!(parse_endpoint("ftp://example.com:21", "http").is_err());
+/// # Ok::<(), credit_client::Error>(())
+/// ```
+pub fn parse_endpoint(address: &str, default_scheme: &str) -> Result<Uri, Error> {
+    let bad = |why: &str| {
+        Error::InvalidInput(format!(
+            "invalid server address {address:?}: {why} (expected host:port, \
+             http://host:port or https://host:port)"
+        ))
+    };
+    let text = address.trim();
+    if text.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    let full = match text.contains("://") {
+        true => text.to_owned(),
+        false => format!("{default_scheme}://{text}"),
+    };
+    let uri: Uri = full.parse().map_err(|_| bad("not a valid address"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(bad(&format!("unsupported scheme {other:?}"))),
+        None => return Err(bad("no scheme")),
+    }
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    if uri
+        .host()
+        .is_none_or(|host| host.is_empty() || host == "[]")
+    {
+        return Err(bad("no host"));
+    }
+    if authority.contains('@') {
+        return Err(bad("user names and passwords do not go in the address"));
+    }
+    // `[::1]:50051` has a port, `[::1]` has none.
+    let port = match authority.rsplit_once(':') {
+        Some((host, port)) if !authority.ends_with(']') && !host.is_empty() => Some(port),
+        _ => None,
+    };
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|p| p != 0)
+    {
+        return Err(bad(&format!(
+            "the port {port:?} is not a number from 1 to 65535"
+        )));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("a server address has no path or query"));
+    }
+    Ok(uri)
 }
 
 /// TLS settings for the connection to the server.

@@ -2,7 +2,7 @@
 //! `google.rpc.ErrorInfo` the service attaches (its reason and metadata),
 //! never from the message text, which is for people and may change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use tonic::{Code, Status};
@@ -225,6 +225,88 @@ impl Error {
         )
     }
 
+    /// The `google.rpc.ErrorInfo` reason this error stands for, e.g.
+    /// `INSUFFICIENT_BALANCE`; `None` when it has none (transport failures,
+    /// errors raised in the client, and UNAVAILABLE, whose reason the typed
+    /// error does not keep).
+    pub fn reason(&self) -> Option<&str> {
+        Some(match self {
+            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::NotFound {
+                subject: Subject::Transaction,
+                ..
+            } => "TRANSACTION_NOT_FOUND",
+            Self::NotFound { .. } => "USER_NOT_FOUND",
+            Self::AlreadyExists {
+                subject: Subject::Email,
+                ..
+            } => "EMAIL_ALREADY_EXISTS",
+            Self::AlreadyExists { .. } => "USER_ALREADY_EXISTS",
+            Self::InsufficientBalance { .. } => "INSUFFICIENT_BALANCE",
+            Self::IdempotencyKeyReused { .. } => "IDEMPOTENCY_KEY_REUSED",
+            Self::BalanceOverflow { .. } => "BALANCE_OVERFLOW",
+            Self::NotRefundable { .. } => "NOT_REFUNDABLE",
+            Self::RefundExceedsOriginal { .. } => "REFUND_EXCEEDS_ORIGINAL",
+            Self::Conflict { .. } => "CONFLICT",
+            Self::Overloaded { .. } => "OVERLOADED",
+            Self::Unauthenticated { .. } => "UNAUTHENTICATED",
+            Self::PermissionDenied { .. } => "PERMISSION_DENIED",
+            Self::Internal { .. } => "INTERNAL",
+            Self::Other { reason, .. } => return reason.as_deref(),
+            Self::Unavailable { .. }
+            | Self::DeadlineExceeded { .. }
+            | Self::Connect { .. }
+            | Self::InvalidInput(_)
+            | Self::InvalidResponse(_) => return None,
+        })
+    }
+
+    /// The `ErrorInfo` metadata the typed error holds, under the server's
+    /// keys (`availableBalance`, `requestedAmount`, `userId`, ...); empty
+    /// for errors that carry none.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        let pairs: Vec<(&str, String)> = match self {
+            Self::NotFound {
+                subject: Subject::Transaction,
+                id,
+            } => vec![("transactionId", id.clone())],
+            Self::NotFound { id, .. }
+            | Self::AlreadyExists {
+                subject: Subject::User,
+                id,
+            } => vec![("userId", id.clone())],
+            Self::AlreadyExists { id, .. } => vec![("email", id.clone())],
+            Self::InsufficientBalance {
+                available,
+                requested,
+            } => vec![
+                ("availableBalance", available.to_string()),
+                ("requestedAmount", requested.to_string()),
+            ],
+            Self::IdempotencyKeyReused { key } => vec![("idempotencyKey", key.clone())],
+            Self::BalanceOverflow { balance, delta } => vec![
+                ("balance", balance.to_string()),
+                ("delta", delta.to_string()),
+            ],
+            Self::NotRefundable {
+                transaction_id,
+                transaction_type,
+            } => vec![
+                ("transactionId", transaction_id.clone()),
+                ("transactionType", transaction_type.clone()),
+            ],
+            Self::RefundExceedsOriginal {
+                refundable,
+                requested,
+            } => vec![
+                ("refundableAmount", refundable.to_string()),
+                ("requestedAmount", requested.to_string()),
+            ],
+            _ => vec![],
+        };
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
     /// Reads a failed call's status: the credit service's `ErrorInfo` when
     /// present, else the bare status code.
     pub fn from_status(status: Status) -> Self {
@@ -396,6 +478,10 @@ mod tests {
             err.to_string(),
             "insufficient balance: 40 available, 100 requested"
         );
+        assert_eq!(err.reason(), Some("INSUFFICIENT_BALANCE"));
+        let meta = err.metadata();
+        assert_eq!(meta["availableBalance"], "40");
+        assert_eq!(meta["requestedAmount"], "100");
     }
 
     #[test]

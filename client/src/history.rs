@@ -4,16 +4,20 @@
 use chrono::{DateTime, Utc};
 use credit_proto::v1 as pb;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use serde::Serialize;
 
-use crate::model::timestamp;
+use crate::model::{proto_json, timestamp};
 use crate::{CreditClient, Error, Transaction, TransactionType};
 
-/// One page of history.
-#[derive(Debug, Clone, PartialEq)]
+/// One page of history (in JSON: `{"transactions": [...],
+/// "nextPageToken": ""}`, the token empty on the last page).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Page {
     /// The transactions, newest first.
     pub transactions: Vec<Transaction>,
     /// The token for the next page; `None` on the last page.
+    #[serde(serialize_with = "proto_json::string")]
     pub next_page_token: Option<String>,
 }
 

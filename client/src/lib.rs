@@ -66,7 +66,9 @@ mod verify;
 mod writes;
 
 pub use client::CreditClient;
-pub use config::{ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, TlsConfig};
+pub use config::{
+    ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, TlsConfig, parse_endpoint,
+};
 pub use error::{ERROR_DOMAIN, Error, FieldViolation, Subject};
 pub use history::{ListTransactions, Page};
 pub use metadata::Metadata;
@@ -76,6 +78,69 @@ pub use users::CreateUser;
 pub use verify::{LedgerReport, LedgerViolation};
 pub use writes::{Grant, Refund, Spend, TopUp, Write, WriteOp, new_idempotency_key};
 
+/// Every RPC of `credit.v1.CreditService` and the [`CreditClient`] method
+/// that calls it: `(rpc, method)`.
+///
+/// A unit test refers to each method named here at compile time, and the
+/// workspace test `clients_cover_every_rpc` checks that every RPC in the
+/// service's descriptor is listed, so a new RPC without a method here fails
+/// the build's tests.
+pub const RPC_METHODS: &[(&str, &str)] = &[
+    ("CreateUser", "create_user"),
+    ("GetUser", "get_user"),
+    ("GetBalance", "get_balance"),
+    ("TopUp", "top_up"),
+    ("Spend", "spend"),
+    ("Grant", "grant"),
+    ("Refund", "refund"),
+    ("GetTransaction", "get_transaction"),
+    ("ListTransactions", "list_transactions"),
+    ("VerifyLedger", "verify_ledger"),
+];
+
 /// The generated `credit.v1` messages and client, for what this crate does
 /// not wrap.
 pub use credit_proto::v1 as proto;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The methods that exist, each called in a closure the compiler checks
+    /// but the test never runs: a method renamed or removed fails to build.
+    macro_rules! existing_methods {
+        ($($method:ident($($arg:expr),*)),* $(,)?) => {{
+            let _calls = |client: &CreditClient| {
+                $( drop(client.$method($($arg),*)); )*
+            };
+            [$(stringify!($method)),*]
+        }};
+    }
+
+    #[test]
+    fn rpc_methods_name_real_methods() {
+        let existing = existing_methods!(
+            create_user("u", "u@example.com"),
+            get_user("u"),
+            get_balance("u"),
+            top_up("u", 1),
+            spend("u", 1),
+            grant("u", 1),
+            refund("u", "tx"),
+            get_transaction("u", "tx"),
+            list_transactions("u"),
+            verify_ledger(),
+        );
+        for (rpc, method) in RPC_METHODS {
+            assert!(
+                existing.contains(method),
+                "RPC_METHODS maps {rpc} to CreditClient::{method}, which the \
+                 compile-time list above does not name"
+            );
+        }
+        let mut rpcs: Vec<&str> = RPC_METHODS.iter().map(|(rpc, _)| *rpc).collect();
+        rpcs.sort_unstable();
+        rpcs.dedup();
+        assert_eq!(rpcs.len(), RPC_METHODS.len(), "an RPC is listed twice");
+    }
+}

@@ -1,7 +1,13 @@
 //! The values the client hands back: plain Rust types read from the wire
 //! messages, with timestamps as `chrono` times and metadata as JSON.
 //!
-//! Every type is `Serialize`, which is what the CLI's `--json` prints.
+//! Every type is `Serialize` in the proto3 JSON mapping of the message it
+//! was read from, as grpcurl prints it with `-emit-defaults`: lowerCamelCase
+//! field names, `int64` as strings, enum values by name
+//! (`TRANSACTION_TYPE_USAGE`), timestamps in RFC 3339 (UTC, `Z`), every
+//! scalar field present (empty strings and `"0"` included), message fields
+//! (`usage`, `metadata`) only when set. It is what the CLI's `--json`
+//! prints.
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,6 +21,7 @@ use crate::metadata::{Metadata, from_struct};
 
 /// A holder of a credit balance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct User {
     /// The caller-chosen identifier.
     pub user_id: String,
@@ -23,19 +30,24 @@ pub struct User {
     /// The display name; may be empty.
     pub name: String,
     /// When the user was created.
+    #[serde(serialize_with = "proto_json::timestamp")]
     pub created_at: DateTime<Utc>,
 }
 
 /// A user's balance at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Balance {
     /// The user the balance belongs to.
     pub user_id: String,
     /// The balance in credits.
+    #[serde(serialize_with = "proto_json::int64")]
     pub balance: i64,
     /// When the balance last changed (the user's creation time if never).
+    #[serde(serialize_with = "proto_json::timestamp")]
     pub updated_at: DateTime<Utc>,
     /// The sequence number of the user's latest transaction (0 if none).
+    #[serde(serialize_with = "proto_json::int64")]
     pub last_sequence: i64,
 }
 
@@ -105,8 +117,15 @@ impl fmt::Display for TransactionType {
 }
 
 impl Serialize for TransactionType {
+    /// The proto enum name (`TRANSACTION_TYPE_TOP_UP`), or the number for a
+    /// value this client does not know, as the proto3 JSON mapping has it.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match pb::TransactionType::try_from(self.to_proto()) {
+            Ok(known) if !matches!(self, Self::Unknown(_)) => {
+                serializer.serialize_str(known.as_str_name())
+            }
+            _ => serializer.serialize_i32(self.to_proto()),
+        }
     }
 }
 
@@ -134,24 +153,25 @@ impl FromStr for TransactionType {
 /// What a spend paid for. Every field is optional free text (at most 256
 /// characters).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Usage {
     /// The graph execution the usage belongs to.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::string")]
     pub graph_exec_id: Option<String>,
     /// The graph that ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::string")]
     pub graph_id: Option<String>,
     /// The node that ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::string")]
     pub node_id: Option<String>,
     /// The node execution that was charged.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::string")]
     pub node_exec_id: Option<String>,
     /// The block that ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::string")]
     pub block_id: Option<String>,
     /// A human-readable reason for the charge.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::string")]
     pub reason: Option<String>,
 }
 
@@ -226,6 +246,7 @@ impl From<pb::UsageDetails> for Usage {
 
 /// One applied change to a user's balance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Transaction {
     /// The server-assigned identifier.
     pub transaction_id: String,
@@ -235,10 +256,13 @@ pub struct Transaction {
     #[serde(rename = "type")]
     pub kind: TransactionType,
     /// The signed change in credits: positive adds, negative takes away.
+    #[serde(serialize_with = "proto_json::int64")]
     pub amount: i64,
     /// The balance right after this transaction.
+    #[serde(serialize_with = "proto_json::int64")]
     pub running_balance: i64,
     /// The position in the user's history: 1, 2, 3, ...
+    #[serde(serialize_with = "proto_json::int64")]
     pub sequence: i64,
     /// The idempotency key the transaction was written with.
     pub idempotency_key: String,
@@ -249,32 +273,36 @@ pub struct Transaction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
     /// For a refund, the transaction it reverses.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::string")]
     pub refunded_transaction_id: Option<String>,
     /// When the transaction was applied.
+    #[serde(serialize_with = "proto_json::timestamp")]
     pub created_at: DateTime<Utc>,
     /// The reason given for a grant or refund.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::string")]
     pub reason: Option<String>,
     /// How many credits of this transaction have been refunded so far.
+    #[serde(serialize_with = "proto_json::int64")]
     pub refunded_amount: i64,
     /// Who made the write: the API key's name (`anonymous` on a server
     /// without keys); `None` for writes from before the server recorded it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::string")]
     pub created_by: Option<String>,
     /// The writer's TLS client-certificate subject, if it presented one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::string")]
     pub created_by_certificate_subject: Option<String>,
 }
 
 /// The answer to every write: the applied transaction and the balance right
 /// after it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Receipt {
     /// The applied transaction (the original one when a retry or a repeated
     /// idempotency key was answered from the server's record).
     pub transaction: Transaction,
     /// The user's balance right after the transaction.
+    #[serde(serialize_with = "proto_json::int64")]
     pub balance: i64,
 }
 
@@ -325,6 +353,38 @@ impl TryFrom<pb::Transaction> for Transaction {
             created_by: non_empty(t.created_by),
             created_by_certificate_subject: non_empty(t.created_by_certificate_subject),
         })
+    }
+}
+
+/// Serializers for the proto3 JSON mapping (see the module docs).
+pub(crate) mod proto_json {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    /// `int64` as a string, so JavaScript's doubles do not round it.
+    pub fn int64<S: Serializer>(value: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
+    /// An `int64` the client reads as `None` when it is 0 on the wire.
+    pub fn optional_int64<S: Serializer>(
+        value: &Option<i64>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        int64(&value.unwrap_or(0), serializer)
+    }
+
+    /// A string the client reads as `None` when it is empty on the wire.
+    pub fn string<S: Serializer>(value: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(value.as_deref().unwrap_or_default())
+    }
+
+    /// RFC 3339 in UTC with `Z`, with 0, 3, 6 or 9 fractional digits.
+    pub fn timestamp<S: Serializer>(
+        value: &DateTime<Utc>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.to_rfc3339_opts(SecondsFormat::AutoSi, true))
     }
 }
 

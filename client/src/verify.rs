@@ -3,20 +3,25 @@
 use credit_proto::v1 as pb;
 use serde::Serialize;
 
+use crate::model::proto_json;
 use crate::{CreditClient, Error};
 
 /// The outcome of a ledger check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LedgerReport {
     /// True when no invariant is violated.
     pub clean: bool,
     /// How many users were checked.
+    #[serde(serialize_with = "proto_json::int64")]
     pub users_checked: i64,
     /// How many transactions were checked.
+    #[serde(serialize_with = "proto_json::int64")]
     pub transactions_checked: i64,
     /// The violations found (the server lists at most 10,000).
     pub violations: Vec<LedgerViolation>,
     /// Violations found beyond those listed.
+    #[serde(serialize_with = "proto_json::int64")]
     pub violations_omitted: i64,
     /// The report as the server's `verify` command prints it.
     pub report: String,
@@ -24,11 +29,13 @@ pub struct LedgerReport {
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LedgerViolation {
     /// The user whose ledger is broken.
     pub user_id: String,
     /// The transaction concerned; `None` when it is the balance or the user
     /// as a whole.
+    #[serde(serialize_with = "proto_json::optional_int64")]
     pub sequence: Option<i64>,
     /// A stable name of the invariant, e.g. `BALANCE_MISMATCH`.
     pub kind: String,

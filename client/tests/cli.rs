@@ -17,6 +17,9 @@ ledger_tests!(
     history_filters_and_limits,
     server_comes_from_the_environment,
     verify_exits_10_on_a_broken_ledger,
+    history_pages_continue_with_a_token,
+    json_errors_are_one_object,
+    server_without_a_scheme_is_plain_text,
 );
 
 /// What one run printed and how it exited.
@@ -40,6 +43,10 @@ fn command() -> Command {
         "CREDIT_TOKEN",
         "CREDIT_TIMEOUT",
         "CREDIT_CA_CERT",
+        "CREDIT_TLS_CA",
+        "CREDIT_TLS_CERT",
+        "CREDIT_TLS_KEY",
+        "CREDIT_TLS_SERVER_NAME",
     ] {
         command.env_remove(var);
     }
@@ -193,11 +200,23 @@ async fn tables_for_people(server: &TestServer) -> anyhow::Result<()> {
 }
 
 async fn json_for_scripts(server: &TestServer) -> anyhow::Result<()> {
-    ok(
+    // The proto3 JSON mapping, as grpcurl prints it: lowerCamelCase names,
+    // int64 as strings, enum names, RFC 3339 times, defaults included.
+    let user = ok(
         server,
-        &["user", "create", "bob", "--email", "bob@example.com"],
+        &[
+            "--json",
+            "user",
+            "create",
+            "bob",
+            "--email",
+            "bob@example.com",
+        ],
     )
-    .await?;
+    .await?
+    .json()?;
+    ensure!(user["userId"] == "bob" && user["name"] == "", "{user}");
+    rfc3339(&user["createdAt"])?;
     let top_up = ok(
         server,
         &[
@@ -206,24 +225,71 @@ async fn json_for_scripts(server: &TestServer) -> anyhow::Result<()> {
     )
     .await?
     .json()?;
-    ensure!(top_up["balance"] == 70);
-    ensure!(top_up["transaction"]["type"] == "top-up");
-    ensure!(top_up["transaction"]["metadata"] == serde_json::json!({"n": 3, "tag": "x"}));
-    let spend = ok(server, &["spend", "bob", "20", "--json"])
-        .await?
-        .json()?;
-    ensure!(spend["transaction"]["amount"] == -20 && spend["balance"] == 50);
+    ensure!(top_up["balance"] == "70", "{top_up}");
+    let tx = &top_up["transaction"];
+    ensure!(tx["type"] == "TRANSACTION_TYPE_TOP_UP", "{tx}");
+    ensure!(tx["amount"] == "70" && tx["runningBalance"] == "70" && tx["sequence"] == "1");
+    ensure!(tx["userId"] == "bob" && tx["refundedAmount"] == "0");
+    ensure!(tx["refundedTransactionId"] == "" && tx["reason"] == "");
+    ensure!(
+        tx["transactionId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    ensure!(tx["idempotencyKey"].as_str().is_some_and(|k| !k.is_empty()));
+    ensure!(
+        tx.get("usage").is_none(),
+        "unset messages are left out: {tx}"
+    );
+    ensure!(tx["metadata"] == serde_json::json!({"n": 3, "tag": "x"}));
+    rfc3339(&tx["createdAt"])?;
+    // No snake_case names anywhere.
+    for object in [&top_up, tx] {
+        let keys: Vec<&String> = object.as_object().context("an object")?.keys().collect();
+        ensure!(keys.iter().all(|k| !k.contains('_')), "{keys:?}");
+    }
+
+    let spend = ok(
+        server,
+        &["spend", "bob", "20", "--json", "--graph-exec-id", "g1"],
+    )
+    .await?
+    .json()?;
+    ensure!(spend["transaction"]["amount"] == "-20" && spend["balance"] == "50");
+    ensure!(spend["transaction"]["type"] == "TRANSACTION_TYPE_USAGE");
+    ensure!(spend["transaction"]["usage"]["graphExecId"] == "g1");
 
     let balance = ok(server, &["balance", "bob", "--json"]).await?.json()?;
-    ensure!(balance["balance"] == 50 && balance["user_id"] == "bob");
+    ensure!(balance["balance"] == "50" && balance["userId"] == "bob");
+    ensure!(balance["lastSequence"] == "2");
+    rfc3339(&balance["updatedAt"])?;
     let history = ok(server, &["history", "bob", "--json"]).await?.json()?;
-    let types: Vec<&str> = history
+    let types: Vec<&str> = history["transactions"]
         .as_array()
         .context("an array")?
         .iter()
         .filter_map(|t| t["type"].as_str())
         .collect();
-    ensure!(types == ["usage", "top-up"], "{types:?}");
+    ensure!(
+        types == ["TRANSACTION_TYPE_USAGE", "TRANSACTION_TYPE_TOP_UP"],
+        "{types:?}"
+    );
+    ensure!(history["nextPageToken"] == "", "{history}");
+    let id = tx["transactionId"].as_str().context("id")?;
+    let got = ok(server, &["--json", "transaction", "bob", id])
+        .await?
+        .json()?;
+    ensure!(got["transactionId"] == id && got["amount"] == "70");
+    Ok(())
+}
+
+/// An RFC 3339 time in UTC, as the proto3 JSON mapping writes timestamps.
+fn rfc3339(value: &Json) -> anyhow::Result<()> {
+    let text = value
+        .as_str()
+        .with_context(|| format!("not a string: {value}"))?;
+    ensure!(text.ends_with('Z'), "not UTC with Z: {text}");
+    chrono::DateTime::parse_from_rfc3339(text).with_context(|| format!("not RFC 3339: {text}"))?;
     Ok(())
 }
 
@@ -236,7 +302,7 @@ async fn errors_are_one_line_with_a_code_per_kind(server: &TestServer) -> anyhow
     let top_up = ok(server, &["--json", "top-up", "carol", "40", "--key", "k1"])
         .await?
         .json()?;
-    let top_up_id = top_up["transaction"]["transaction_id"]
+    let top_up_id = top_up["transaction"]["transactionId"]
         .as_str()
         .context("id")?
         .to_owned();
@@ -286,7 +352,7 @@ async fn errors_are_one_line_with_a_code_per_kind(server: &TestServer) -> anyhow
 
     // Nothing above changed the balance.
     let balance = ok(server, &["--json", "balance", "carol"]).await?.json()?;
-    ensure!(balance["balance"] == 40);
+    ensure!(balance["balance"] == "40");
     Ok(())
 }
 
@@ -310,7 +376,7 @@ async fn key_makes_a_rerun_safe(server: &TestServer) -> anyhow::Result<()> {
     .json()?;
     ensure!(first == again, "{first}\n{again}");
     let balance = ok(server, &["--json", "balance", "erin"]).await?.json()?;
-    ensure!(balance["balance"] == 15);
+    ensure!(balance["balance"] == "15");
     Ok(())
 }
 
@@ -325,7 +391,10 @@ async fn history_filters_and_limits(server: &TestServer) -> anyhow::Result<()> {
         ok(server, &["spend", "fay", "1"]).await?;
     }
     let count = |run: Run| -> anyhow::Result<usize> {
-        Ok(run.json()?.as_array().context("an array")?.len())
+        Ok(run.json()?["transactions"]
+            .as_array()
+            .context("an array")?
+            .len())
     };
     ensure!(count(ok(server, &["--json", "history", "fay", "--type", "usage"]).await?)? == 3);
     ensure!(count(ok(server, &["--json", "history", "fay", "--type", "top_up"]).await?)? == 1);
@@ -368,7 +437,11 @@ async fn verify_exits_10_on_a_broken_ledger(server: &TestServer) -> anyhow::Resu
     let clean = ok(server, &["verify"]).await?;
     ensure!(field(&clean.stdout, "clean")? == "yes", "{}", clean.stdout);
     let one = ok(server, &["--json", "verify", "hal"]).await?.json()?;
-    ensure!(one["clean"] == true && one["users_checked"] == 1 && one["transactions_checked"] == 1);
+    ensure!(
+        one["clean"] == true && one["usersChecked"] == "1" && one["transactionsChecked"] == "1",
+        "{one}"
+    );
+    ensure!(one["violations"] == serde_json::json!([]) && one["violationsOmitted"] == "0");
 
     // Money appears from nowhere, behind the ledger's back.
     server
@@ -410,4 +483,404 @@ async fn help_documents_the_exit_codes() -> anyhow::Result<()> {
         help.stdout.contains("CREDIT_SERVER") && help.stdout.contains("http://127.0.0.1:50051")
     );
     Ok(())
+}
+
+async fn history_pages_continue_with_a_token(server: &TestServer) -> anyhow::Result<()> {
+    ok(
+        server,
+        &["user", "create", "ida", "--email", "ida@example.com"],
+    )
+    .await?;
+    for amount in 1..=5 {
+        ok(server, &["top-up", "ida", &amount.to_string()]).await?;
+    }
+    let amounts = |page: &Json| -> anyhow::Result<Vec<String>> {
+        Ok(page["transactions"]
+            .as_array()
+            .context("an array")?
+            .iter()
+            .filter_map(|t| t["amount"].as_str().map(str::to_owned))
+            .collect())
+    };
+
+    // Two pages of two, then the last one, newest first.
+    let first = ok(server, &["--json", "history", "ida", "--limit", "2"])
+        .await?
+        .json()?;
+    ensure!(amounts(&first)? == ["5", "4"], "{first}");
+    let token = first["nextPageToken"].as_str().context("a token")?;
+    ensure!(!token.is_empty(), "more exist, so a token: {first}");
+    let second = ok(
+        server,
+        &[
+            "--json",
+            "history",
+            "ida",
+            "--limit",
+            "2",
+            "--page-token",
+            token,
+        ],
+    )
+    .await?
+    .json()?;
+    ensure!(amounts(&second)? == ["3", "2"], "{second}");
+    let token = second["nextPageToken"].as_str().context("a token")?;
+    let last = ok(server, &["--json", "history", "ida", "--page-token", token])
+        .await?
+        .json()?;
+    ensure!(amounts(&last)? == ["1"], "{last}");
+    ensure!(
+        last["nextPageToken"] == "",
+        "the last page has no token: {last}"
+    );
+
+    // The table says when more exist, with the token to continue with.
+    let table = ok(server, &["history", "ida", "--limit", "3"]).await?;
+    let more = table
+        .stdout
+        .lines()
+        .last()
+        .context("output")?
+        .strip_prefix("(more transactions: continue with --page-token ")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .with_context(|| format!("no continuation line:\n{}", table.stdout))?
+        .to_owned();
+    let rest = ok(server, &["--json", "history", "ida", "--page-token", &more])
+        .await?
+        .json()?;
+    ensure!(amounts(&rest)? == ["2", "1"], "{rest}");
+    let all = ok(server, &["history", "ida", "--limit", "0"]).await?;
+    ensure!(
+        !all.stdout.contains("--page-token") && all.stdout.lines().count() == 6,
+        "everything, and no continuation:\n{}",
+        all.stdout
+    );
+
+    // A token that is not one: the server refuses it as invalid.
+    fails(server, &["history", "ida", "--page-token", "bogus"], 3).await?;
+    Ok(())
+}
+
+async fn json_errors_are_one_object(server: &TestServer) -> anyhow::Result<()> {
+    ok(
+        server,
+        &["user", "create", "jay", "--email", "jay@example.com"],
+    )
+    .await?;
+    ok(server, &["top-up", "jay", "40"]).await?;
+    let error = |run: &Run| -> anyhow::Result<Json> {
+        ensure!(run.stdout.is_empty(), "nothing on stdout: {}", run.stdout);
+        ensure!(
+            run.stderr.lines().count() == 1,
+            "one line: {:?}",
+            run.stderr
+        );
+        serde_json::from_str(&run.stderr).with_context(|| format!("not JSON: {}", run.stderr))
+    };
+
+    let poor = credit(server, &["--json", "spend", "jay", "100"]).await?;
+    ensure!(poor.code == 6, "exit {}: {}", poor.code, poor.stderr);
+    ensure!(
+        error(&poor)?
+            == serde_json::json!({
+                "code": "FAILED_PRECONDITION",
+                "reason": "INSUFFICIENT_BALANCE",
+                "message": "insufficient balance: 40 available, 100 requested",
+                "metadata": {"availableBalance": "40", "requestedAmount": "100"},
+            }),
+        "{}",
+        poor.stderr
+    );
+    let missing = credit(server, &["balance", "nobody", "--json"]).await?;
+    let missing_json = error(&missing)?;
+    ensure!(missing.code == 4);
+    ensure!(missing_json["code"] == "NOT_FOUND" && missing_json["reason"] == "USER_NOT_FOUND");
+    ensure!(
+        missing_json["metadata"]["userId"] == "nobody",
+        "{missing_json}"
+    );
+    let invalid = credit(server, &["--json", "top-up", "jay", "0"]).await?;
+    let invalid_json = error(&invalid)?;
+    ensure!(invalid.code == 3 && invalid_json["code"] == "INVALID_ARGUMENT");
+    ensure!(
+        invalid_json["fieldViolations"][0]["field"] == "amount",
+        "{invalid_json}"
+    );
+    // Usage errors too, with clap's message.
+    let usage = credit(
+        server,
+        &["--json", "top-up", "jay", "1", "--meta", "novalue"],
+    )
+    .await?;
+    let usage_json = error(&usage)?;
+    ensure!(usage.code == 2 && usage_json["code"] == "INVALID_ARGUMENT");
+    ensure!(
+        usage_json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("novalue")),
+        "{usage_json}"
+    );
+    Ok(())
+}
+
+async fn server_without_a_scheme_is_plain_text(server: &TestServer) -> anyhow::Result<()> {
+    let address = server.addr.to_string();
+    let created = run(command().args([
+        "--server",
+        address.as_str(),
+        "user",
+        "create",
+        "kim",
+        "--email",
+        "kim@example.com",
+    ]))
+    .await?;
+    ensure!(
+        created.code == 0,
+        "--server {address}: exit {}: {}",
+        created.code,
+        created.stderr
+    );
+    let from_env = run(command()
+        .env("CREDIT_SERVER", &address)
+        .args(["balance", "kim"]))
+    .await?;
+    ensure!(from_env.code == 0, "{}", from_env.stderr);
+    Ok(())
+}
+
+/// A server that accepts connections and reads, but never answers.
+fn hung_server() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buffer = [0; 4096];
+                while matches!(std::io::Read::read(&mut stream, &mut buffer), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn timeout_bounds_the_whole_command() -> anyhow::Result<()> {
+    let addr = hung_server()?.to_string();
+    // A read (retried on deadline expiry) and a write (retried with its
+    // key), each in both output modes: all end at the timeout, exit 8.
+    for args in [
+        &["balance", "x"][..],
+        &["--json", "balance", "x"],
+        &["top-up", "x", "5", "--key", "k"],
+        &["history", "x", "--limit", "0"],
+    ] {
+        let started = std::time::Instant::now();
+        let r = run(command()
+            .args(["--server", addr.as_str(), "--timeout", "1s"])
+            .args(args))
+        .await?;
+        let took = started.elapsed();
+        ensure!(
+            took < std::time::Duration::from_millis(2000),
+            "{args:?} took {took:?}"
+        );
+        ensure!(
+            took >= std::time::Duration::from_millis(900),
+            "{args:?} gave up early, after {took:?}: {}",
+            r.stderr
+        );
+        ensure!(r.code == 8, "{args:?}: exit {}: {}", r.code, r.stderr);
+        ensure!(r.stdout.is_empty() && r.stderr.lines().count() == 1);
+        if args[0] == "--json" {
+            let error: Json = serde_json::from_str(&r.stderr)?;
+            ensure!(error["code"] == "DEADLINE_EXCEEDED", "{error}");
+        } else {
+            ensure!(
+                r.stderr.starts_with("error: deadline exceeded"),
+                "{}",
+                r.stderr
+            );
+        }
+    }
+    // From the environment too.
+    let started = std::time::Instant::now();
+    let r = run(command().env("CREDIT_TIMEOUT", "500ms").args([
+        "--server",
+        addr.as_str(),
+        "balance",
+        "x",
+    ]))
+    .await?;
+    ensure!(r.code == 8 && started.elapsed() < std::time::Duration::from_millis(1500));
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_server_addresses_are_usage_errors() -> anyhow::Result<()> {
+    for (address, says) in [
+        ("not a host::", "not a valid address"),
+        ("ftp://example.com:21", "unsupported scheme \"ftp\""),
+        ("http://:50051", "no host"),
+        ("localhost:70000", "not a number from 1 to 65535"),
+    ] {
+        let r = run(command().args(["--server", address, "balance", "x"])).await?;
+        ensure!(r.code == 2, "{address}: exit {}: {}", r.code, r.stderr);
+        ensure!(
+            r.stderr.contains("invalid server address") && r.stderr.contains(says),
+            "{address}: {}",
+            r.stderr
+        );
+        ensure!(!r.stderr.contains("unavailable"), "{}", r.stderr);
+    }
+    // TLS flags with a plain-text address: refused before connecting.
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not used")?;
+    let r = run(command()
+        .args(["--server", "http://127.0.0.1:1", "--tls-ca"])
+        .arg(&ca)
+        .args(["balance", "x"]))
+    .await?;
+    ensure!(r.code == 2 && r.stderr.contains("http://"), "{}", r.stderr);
+    // A client certificate needs its key.
+    let r = run(command()
+        .args(["--tls-cert"])
+        .arg(&ca)
+        .args(["balance", "x"]))
+    .await?;
+    ensure!(
+        r.code == 2 && r.stderr.contains("--tls-key"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn completions_for_each_shell() -> anyhow::Result<()> {
+    for (shell, marker) in [
+        ("bash", "complete -F _credit"),
+        ("zsh", "#compdef credit"),
+        ("fish", "complete -c credit"),
+    ] {
+        let r = run(command().args(["completions", shell])).await?;
+        ensure!(r.code == 0 && r.stderr.is_empty(), "{shell}: {}", r.stderr);
+        ensure!(r.stdout.contains(marker), "{shell}: no {marker:?}");
+        // fish names long flags without their dashes.
+        for word in ["top-up", "history", "page-token", "tls-cert"] {
+            ensure!(r.stdout.contains(word), "{shell}: no {word}");
+        }
+    }
+    let r = run(command().args(["completions", "tcsh"])).await?;
+    ensure!(r.code == 2, "{}", r.stderr);
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_certificates_for_mutual_tls() -> anyhow::Result<()> {
+    use credit_server::app::ServeOptions;
+    use integration_tests::TestDb;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let leaf = |name: &str| -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec![name.to_owned()])?.signed_by(&key, &ca)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (server_cert, server_key) = leaf("localhost")?;
+    let (client_cert, client_key) = leaf("billing-client")?;
+    let dir = tempfile::tempdir()?;
+    let file = |name: &str, text: &str| -> anyhow::Result<String> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    let ca_file = file("ca.pem", &ca.pem())?;
+    let cert_file = file("client.pem", &client_cert)?;
+    let key_file = file("client.key", &client_key)?;
+
+    let db = TestDb::sqlite().await?;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&server_cert, &server_key))
+        .client_ca_root(Certificate::from_pem(ca.pem()));
+    let server = TestServer::start_with(
+        &db.url,
+        ServeOptions {
+            tls: Some(tls),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let address = format!("localhost:{}", server.addr.port());
+
+    // Flags: host:port means TLS once a --tls-* flag is given.
+    let created = run(command().args([
+        "--server",
+        address.as_str(),
+        "--tls-ca",
+        &ca_file,
+        "--tls-cert",
+        &cert_file,
+        "--tls-key",
+        &key_file,
+        "user",
+        "create",
+        "lee",
+        "--email",
+        "lee@example.com",
+    ]))
+    .await?;
+    ensure!(
+        created.code == 0,
+        "exit {}: {}",
+        created.code,
+        created.stderr
+    );
+
+    // The environment, with an https:// address; the write records that a
+    // certificate was presented (rcgen's default subject).
+    let top_up = run(command()
+        .env("CREDIT_SERVER", format!("https://{address}"))
+        .env("CREDIT_TLS_CA", &ca_file)
+        .env("CREDIT_TLS_CERT", &cert_file)
+        .env("CREDIT_TLS_KEY", &key_file)
+        .args(["--json", "top-up", "lee", "5"]))
+    .await?;
+    ensure!(top_up.code == 0, "exit {}: {}", top_up.code, top_up.stderr);
+    let receipt = top_up.json()?;
+    ensure!(
+        receipt["transaction"]["createdByCertificateSubject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("CN=")),
+        "{receipt}"
+    );
+
+    // Without the client certificate: refused.
+    let refused = run(command().args([
+        "--server",
+        address.as_str(),
+        "--tls-ca",
+        &ca_file,
+        "--timeout",
+        "3s",
+        "balance",
+        "lee",
+    ]))
+    .await?;
+    ensure!(
+        refused.code != 0 && refused.code != 2,
+        "served without a client certificate: {} {}",
+        refused.stdout,
+        refused.stderr
+    );
+
+    server.stop().await;
+    db.drop_database().await
 }

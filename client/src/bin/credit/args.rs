@@ -5,30 +5,35 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use clap_complete::Shell;
 use credit_client::TransactionType;
 use serde_json::Value as Json;
 
 use crate::exit::EXIT_CODES_HELP;
-use crate::parse::{parse_duration, parse_meta, parse_time};
+use crate::parse::{parse_duration, parse_meta, parse_server, parse_time};
 
 /// Talk to the credit ledger service: users, balances, writes and history.
 #[derive(Debug, Parser)]
 #[command(name = "credit", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// The server's address.
+    /// The server's address: host:port (plain text; with a --tls-* flag,
+    /// TLS), http://host:port or https://host:port.
     #[arg(
         long,
         env = "CREDIT_SERVER",
         default_value = "http://127.0.0.1:50051",
+        value_parser = parse_server,
         global = true
     )]
     pub server: String,
 
-    /// Print JSON instead of a table (for scripts).
+    /// Print JSON instead of a table (for scripts): the proto3 JSON mapping,
+    /// and errors as one JSON object on stderr.
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Deadline of each attempt of a call, e.g. 500ms, 10s, 1m.
+    /// The longest the whole command may take, retries included, e.g.
+    /// 500ms, 10s, 1m; past it the command exits 8 (deadline exceeded).
     #[arg(long, env = "CREDIT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
 
@@ -36,10 +41,47 @@ pub struct Cli {
     #[arg(long, env = "CREDIT_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 
-    /// PEM file of the CA that signed the server's TLS certificate (https
-    /// endpoints only; default: the bundled public roots).
-    #[arg(long, env = "CREDIT_CA_CERT", global = true)]
-    pub ca_cert: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's TLS certificate
+    /// (default: the bundled public roots). Also read from CREDIT_CA_CERT.
+    #[arg(
+        long,
+        visible_alias = "ca-cert",
+        env = "CREDIT_TLS_CA",
+        value_name = "FILE",
+        global = true
+    )]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM file of the client certificate, for servers that require mutual
+    /// TLS (with --tls-key).
+    #[arg(
+        long,
+        env = "CREDIT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        global = true
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file of the client certificate's private key (with --tls-cert).
+    #[arg(
+        long,
+        env = "CREDIT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert",
+        global = true
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// The name the server's certificate must carry, when it is not the
+    /// address's host (e.g. connecting by IP address).
+    #[arg(
+        long,
+        env = "CREDIT_TLS_SERVER_NAME",
+        value_name = "NAME",
+        global = true
+    )]
+    pub tls_server_name: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -93,6 +135,12 @@ pub enum Command {
     Verify {
         /// The user to check (default: every user).
         user: Option<String>,
+    },
+    /// Print a shell completion script, e.g. `credit completions bash >
+    /// ~/.local/share/bash-completion/completions/credit`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: Shell,
     },
 }
 
@@ -185,7 +233,12 @@ pub struct HistoryArgs {
     /// Only writes made with this API key name.
     #[arg(long)]
     pub created_by: Option<String>,
-    /// Show at most this many transactions; 0 shows all.
+    /// Show at most this many transactions; 0 shows all. When more exist,
+    /// the output gives the token to continue with.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Continue after a previous page: the token it printed (use the same
+    /// filters, with absolute times rather than ages).
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
 }

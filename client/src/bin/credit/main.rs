@@ -1,28 +1,99 @@
 //! `credit`: the credit ledger service from the command line.
 //!
 //! Every command prints a table (or JSON with `--json`) and exits 0, or
-//! prints one line starting with `error:` and exits with the code of the
-//! failure's kind (see `credit --help`).
+//! prints one line starting with `error:` (one JSON object with `--json`)
+//! and exits with the code of the failure's kind (see `credit --help`).
+//! `--timeout` bounds the whole command, connecting and retries included.
 
 mod args;
 mod exit;
 mod output;
 mod parse;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
-use credit_client::{CreditClient, Error, TlsConfig, Usage, Write, WriteOp};
-use futures::{StreamExt, TryStreamExt};
+use clap::{CommandFactory, Parser};
+use credit_client::{
+    CreditClient, DEFAULT_CONNECT_TIMEOUT, Error, Page, TlsConfig, Usage, Write, WriteOp,
+    parse_endpoint,
+};
 
 use args::{Cli, Command, HistoryArgs, UsageArgs, UserCommand, WriteOptions};
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+fn main() -> ExitCode {
+    let json = wants_json(std::env::args_os());
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return exit::usage(err, json),
+    };
+    if let Command::Completions { shell } = cli.command {
+        return completions(shell);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let err = Error::Internal {
+                message: format!("cannot start the runtime: {err}"),
+            };
+            return exit::fail(&err, cli.json);
+        }
+    };
+    let json = cli.json;
+    let timeout = cli.timeout;
+    let outcome = runtime.block_on(async {
+        // The whole command, whatever the retry policy: connecting, every
+        // attempt, every page.
+        match tokio::time::timeout(timeout, run(cli)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::DeadlineExceeded {
+                message: format!(
+                    "the command did not finish within {} (--timeout)",
+                    duration_text(timeout)
+                ),
+            }),
+        }
+    });
+    // A DNS lookup still running on a blocking thread must not hold the
+    // exit up past the timeout.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => ExitCode::from(code),
-        Err(err) => exit::fail(&err),
+        Err(err) => exit::fail(&err, json),
+    }
+}
+
+/// Prints the completion script for `shell`; a reader that stops early
+/// (`| head`) is not an error.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use std::io::Write as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "credit", &mut script);
+    match std::io::stdout().write_all(&script) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot print the completion script: {err}");
+            ExitCode::from(exit::FAILURE)
+        }
+        _ => ExitCode::from(exit::OK),
+    }
+}
+
+/// Whether `--json` is among the arguments, for reporting a command line
+/// clap refused (and so could not parse) in the form asked for.
+fn wants_json(args: impl Iterator<Item = OsString>) -> bool {
+    args.skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json")
+}
+
+fn duration_text(d: Duration) -> String {
+    match d.subsec_millis() {
+        0 => format!("{}s", d.as_secs()),
+        _ => format!("{}ms", d.as_millis()),
     }
 }
 
@@ -107,21 +178,74 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 false => exit::LEDGER_VIOLATED,
             });
         }
+        // Handled before connecting.
+        Command::Completions { .. } => Ok(()),
     }
     .map(|()| exit::OK)
 }
 
 async fn connect(cli: &Cli) -> Result<CreditClient, Error> {
-    let mut builder = CreditClient::builder(cli.server.clone()).deadline(cli.timeout);
+    let tls = tls_config(cli)?;
+    // `host:port` means plain text, or TLS when a --tls-* flag asks for it.
+    let default_scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = parse_endpoint(&cli.server, default_scheme)?;
+    if tls.is_some() && uri.scheme_str() == Some("http") {
+        return Err(Error::InvalidInput(format!(
+            "--tls-* flags need TLS, but {} is a plain-text http:// address \
+             (use https:// or host:port)",
+            cli.server
+        )));
+    }
+    // As given, with the scheme it was read with.
+    let address = cli.server.trim();
+    let endpoint = match address.contains("://") {
+        true => address.to_owned(),
+        false => format!("{}://{address}", uri.scheme_str().unwrap_or(default_scheme)),
+    };
+    let mut builder = CreditClient::builder(endpoint)
+        .deadline(cli.timeout)
+        .call_timeout(cli.timeout)
+        .connect_timeout(cli.timeout.min(DEFAULT_CONNECT_TIMEOUT));
     if let Some(token) = &cli.token {
         builder = builder.bearer_token(token.clone());
     }
-    if let Some(path) = &cli.ca_cert {
-        let pem = std::fs::read(path)
-            .map_err(|err| Error::InvalidInput(format!("cannot read {}: {err}", path.display())))?;
-        builder = builder.tls(TlsConfig::new().ca_certificate_pem(pem));
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
     }
     builder.connect().await
+}
+
+/// The TLS settings the flags ask for; `None` when no --tls-* flag is set
+/// (an https:// server is then checked against the bundled public roots).
+fn tls_config(cli: &Cli) -> Result<Option<TlsConfig>, Error> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|err| Error::InvalidInput(format!("cannot read {}: {err}", path.display())))
+    };
+    // CREDIT_CA_CERT: the variable's name before --tls-ca.
+    let ca = cli.tls_ca.clone().or_else(|| {
+        std::env::var_os("CREDIT_CA_CERT")
+            .filter(|v| !v.is_empty())
+            .map(Into::into)
+    });
+    if ca.is_none()
+        && cli.tls_cert.is_none()
+        && cli.tls_key.is_none()
+        && cli.tls_server_name.is_none()
+    {
+        return Ok(None);
+    }
+    let mut tls = TlsConfig::new();
+    if let Some(path) = &ca {
+        tls = tls.ca_certificate_pem(read(path)?);
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        tls = tls.client_identity_pem(read(cert)?, read(key)?);
+    }
+    if let Some(name) = &cli.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(Some(tls))
 }
 
 /// The key and metadata every write takes.
@@ -146,6 +270,8 @@ fn usage_of(args: UsageArgs, reason: Option<String>) -> Usage {
     }
 }
 
+/// Up to `--limit` transactions from `--page-token` on, and the token to
+/// continue after them when more exist.
 async fn history(client: &CreditClient, args: HistoryArgs, json: bool) -> Result<(), Error> {
     let mut query = client.list_transactions(args.user).kinds(args.kinds);
     if let Some(since) = args.since {
@@ -160,14 +286,45 @@ async fn history(client: &CreditClient, args: HistoryArgs, json: bool) -> Result
     if let Some(name) = args.created_by {
         query = query.created_by(name);
     }
+    if let Some(token) = &args.page_token {
+        query = query.page_token(token.clone());
+    }
     let limit = match args.limit {
         0 => usize::MAX,
         n => n,
     };
-    // Ask for no more than is shown, so a short listing is one small call.
-    query = query.page_size(u32::try_from(limit).unwrap_or(u32::MAX));
-    let transactions: Vec<_> = query.stream().take(limit).try_collect().await?;
-    show(json, &transactions, |t| output::history(t))
+    let mut transactions = Vec::new();
+    let mut token = args.page_token;
+    let next_page_token = loop {
+        // Ask for no more than is shown, so the server's token continues
+        // right after the last transaction shown.
+        let wanted = (limit - transactions.len()).min(1000);
+        let page = query
+            .clone()
+            .page_size(u32::try_from(wanted).unwrap_or(1000))
+            .page()
+            .await?;
+        transactions.extend(page.transactions);
+        match page.next_page_token {
+            Some(next) if transactions.len() < limit => {
+                // A server that hands back the token it was given would
+                // make this loop forever.
+                if token.as_ref() == Some(&next) {
+                    return Err(Error::InvalidResponse(
+                        "the server returned the page token it was given".to_owned(),
+                    ));
+                }
+                query = query.page_token(next.clone());
+                token = Some(next);
+            }
+            next => break next,
+        }
+    };
+    let page = Page {
+        transactions,
+        next_page_token,
+    };
+    show(json, &page, output::history)
 }
 
 /// Prints `value` as JSON or through `table`.
@@ -179,4 +336,26 @@ fn show<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce(&T)) -> R
         table(value);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_flag_is_found_before_a_double_dash() {
+        let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(wants_json(
+            args(&["credit", "balance", "--json", "x"]).into_iter()
+        ));
+        assert!(!wants_json(
+            args(&["credit", "balance", "--", "--json"]).into_iter()
+        ));
+        assert!(!wants_json(args(&["--json"]).into_iter()));
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

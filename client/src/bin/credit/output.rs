@@ -1,7 +1,7 @@
 //! How results are printed: aligned tables for people, JSON for scripts.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use credit_client::{Balance, LedgerReport, Receipt, Transaction, User};
+use credit_client::{Balance, LedgerReport, Page, Receipt, Transaction, User};
 use serde::Serialize;
 
 /// Prints `value` as pretty JSON.
@@ -73,8 +73,10 @@ fn transaction_rows(t: &Transaction) -> Vec<(&'static str, String)> {
     rows
 }
 
-/// Transactions as a table, one per row.
-pub fn history(transactions: &[Transaction]) {
+/// A page of transactions as a table, one per row, then the token to
+/// continue with when more exist.
+pub fn history(page: &Page) {
+    let transactions = &page.transactions;
     let mut table = Table::new([
         "SEQ",
         "CREATED",
@@ -98,6 +100,9 @@ pub fn history(transactions: &[Transaction]) {
     table.print(&[0, 3, 4]);
     if transactions.is_empty() {
         println!("(no transactions)");
+    }
+    if let Some(token) = &page.next_page_token {
+        println!("(more transactions: continue with --page-token {token})");
     }
 }
 

@@ -5,6 +5,16 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value as Json;
 
+/// A server address as `credit_client::parse_endpoint` reads it; kept as
+/// given, since the scheme a bare `host:port` gets depends on the TLS flags.
+pub fn parse_server(text: &str) -> Result<String, String> {
+    match credit_client::parse_endpoint(text, "http") {
+        Ok(_) => Ok(text.trim().to_owned()),
+        Err(credit_client::Error::InvalidInput(message)) => Err(message),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
 /// `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = split_unit(text);
@@ -90,6 +100,36 @@ mod tests {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn servers() {
+        for good in [
+            "127.0.0.1:50051",
+            "localhost:50051",
+            "http://127.0.0.1:50051",
+            "https://credits.internal",
+            "[::1]:50051",
+            "https://[::1]:443/",
+        ] {
+            assert!(parse_server(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "not a host::",
+            "ftp://example.com:21",
+            "http://",
+            "http://:50051",
+            "localhost:99999",
+            "localhost:0",
+            "localhost:port",
+            "http://example.com/credit",
+            "",
+        ] {
+            let err = parse_server(bad).expect_err(bad);
+            assert!(err.contains("invalid server address"), "{bad}: {err}");
+        }
+        let scheme = parse_server("ftp://example.com").expect_err("ftp");
+        assert!(scheme.contains("unsupported scheme \"ftp\""), "{scheme}");
     }
 
     #[test]
