@@ -254,3 +254,45 @@ impl fmt::Debug for CreditClient {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts connections and reads, never answers.
+    fn hung_server() -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut buffer = [0; 4096];
+                    while matches!(std::io::Read::read(&mut stream, &mut buffer), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn call_timeout_bounds_every_attempt_and_wait() -> Result<(), Error> {
+        let client = CreditClient::builder(hung_server().to_string())
+            .deadline(Duration::from_secs(10))
+            .call_timeout(Duration::from_millis(400))
+            .retry_policy(RetryPolicy {
+                max_attempts: 10,
+                ..RetryPolicy::default()
+            })
+            .connect()
+            .await?;
+        let started = Instant::now();
+        let err = client.get_balance("u").await.expect_err("no answer");
+        let took = started.elapsed();
+        assert!(matches!(err, Error::DeadlineExceeded { .. }), "{err:?}");
+        assert!(
+            took >= Duration::from_millis(380) && took < Duration::from_millis(900),
+            "{took:?}"
+        );
+        Ok(())
+    }
+}
