@@ -39,7 +39,9 @@ pub async fn check_user(
         row.last_sequence,
         txs.len()
     );
-    let last = txs.last().map_or(row.opening_balance, |t| t.running_balance);
+    let last = txs
+        .last()
+        .map_or(row.opening_balance, |t| t.running_balance);
     ensure!(
         last == balance,
         "the API's last running balance {last} != balance {balance}"

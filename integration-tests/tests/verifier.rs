@@ -303,6 +303,7 @@ async fn append(
         created_at: chrono::Utc::now(),
         created_by: None,
         created_by_subject: None,
+        hold_id: None,
     };
     ctx::Entity::insert(row.into_active_model())
         .exec_without_returning(db)

@@ -19,6 +19,17 @@ pub fn timestamp(backend: DbBackend, name: impl IntoIden) -> ColumnDef {
     col
 }
 
+/// A nullable timestamp (see [`timestamp`]).
+pub fn nullable_timestamp(backend: DbBackend, name: impl IntoIden) -> ColumnDef {
+    let mut col = ColumnDef::new(name);
+    match backend {
+        DbBackend::MySql => col.custom("DATETIME(6)"),
+        _ => col.timestamp_with_time_zone(),
+    };
+    col.null();
+    col
+}
+
 /// A non-null `BIGINT` credit amount.
 pub fn credits(name: impl IntoIden) -> ColumnDef {
     ColumnDef::new(name).big_integer().not_null().to_owned()
@@ -67,6 +78,8 @@ pub enum CreditTransaction {
     /// Added by step 4: who made the write.
     CreatedBy,
     CreatedBySubject,
+    /// Added by step 5: the hold a capture's USAGE transaction settled.
+    HoldId,
 }
 
 /// The `user_balance` table.
@@ -78,6 +91,40 @@ pub enum UserBalance {
     OpeningBalance,
     LastSequence,
     UpdatedAt,
+    /// Added by step 5: the credits of ACTIVE holds, and the earliest
+    /// expire_time among them.
+    Held,
+    HoldsExpireAt,
+    /// How many holds the user ever had: a user with none needs no hold
+    /// lookups on its write path.
+    HoldCount,
+}
+
+/// The `credit_hold` table (step 5).
+#[derive(DeriveIden)]
+pub enum CreditHold {
+    Table,
+    Id,
+    UserId,
+    Amount,
+    CapturedAmount,
+    State,
+    Usage,
+    Metadata,
+    CreatedAt,
+    ExpireTime,
+    ClosedAt,
+    CaptureTransactionId,
+    IdempotencyKey,
+    Fingerprint,
+    ReserveBalance,
+    ReserveAvailable,
+    CloseKey,
+    CloseFingerprint,
+    CloseBalance,
+    CloseAvailable,
+    ReleaseReason,
+    CreatedBy,
 }
 
 /// A new table, compared byte for byte on MySQL/MariaDB: their default

@@ -2,8 +2,8 @@
 //!
 //! The legacy schema kept the balance in `user.balance`. Step 2 moves it to
 //! `user_balance` (one row per user, the single source of truth) and step 3
-//! drops the old column. Step 4 records who made each write. Every step has
-//! a working `down`.
+//! drops the old column. Step 4 records who made each write; step 5 adds
+//! holds. Every step has a working `down`.
 
 pub use sea_orm_migration::prelude::*;
 
@@ -12,6 +12,7 @@ mod m20240101_000001_create_user_and_credit_transaction;
 mod m20240201_000002_create_user_balance_and_backfill;
 mod m20240301_000003_drop_user_balance_column;
 mod m20261130_000004_record_who_wrote;
+mod m20261130_000005_holds;
 
 /// Runs the ledger's migrations in order.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20240201_000002_create_user_balance_and_backfill::Migration),
             Box::new(m20240301_000003_drop_user_balance_column::Migration),
             Box::new(m20261130_000004_record_who_wrote::Migration),
+            Box::new(m20261130_000005_holds::Migration),
         ]
     }
 }

@@ -162,9 +162,10 @@ pub fn parse_role(s: &str) -> Result<Role, String> {
 /// method this service does not have (tonic answers UNIMPLEMENTED).
 pub fn required_role(method: &str) -> Option<Role> {
     Some(match method {
-        "GetUser" | "GetBalance" | "GetTransaction" | "ListTransactions" => Role::Reader,
+        "GetUser" | "GetBalance" | "GetTransaction" | "ListTransactions" | "GetHold"
+        | "ListHolds" => Role::Reader,
         // A service may refund only usage; the ledger checks the target.
-        "TopUp" | "Spend" | "Refund" => Role::Service,
+        "TopUp" | "Spend" | "Refund" | "Reserve" | "Capture" | "Release" => Role::Service,
         "CreateUser" | "Grant" | "VerifyLedger" => Role::Admin,
         _ => return None,
     })

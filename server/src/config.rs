@@ -78,6 +78,14 @@ pub struct Config {
     #[arg(long, env = "CREDIT_MAX_QUEUED_WRITES", default_value_t = 10_000)]
     pub max_queued_writes: usize,
 
+    /// Seconds a hold lasts when Reserve gives neither ttl nor expire_time.
+    #[arg(long, env = "CREDIT_HOLD_DEFAULT_TTL_SECS", default_value_t = 3600)]
+    pub hold_default_ttl_secs: u32,
+
+    /// The longest hold TTL a caller may ask for, in seconds.
+    #[arg(long, env = "CREDIT_HOLD_MAX_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub hold_max_ttl_secs: u32,
+
     #[command(flatten)]
     pub security: SecuritySettings,
 
@@ -103,6 +111,10 @@ impl Config {
             write_slots: self.write_slots,
             max_queued_writes: self.max_queued_writes,
             acquire_timeout: self.pool.acquire_timeout(),
+            holds: crate::ledger::HoldRules {
+                default_ttl: chrono::TimeDelta::seconds(self.hold_default_ttl_secs as i64),
+                max_ttl: chrono::TimeDelta::seconds(self.hold_max_ttl_secs as i64),
+            },
         }
     }
 }

@@ -266,4 +266,66 @@ impl CreditService for Forward {
         })
         .await
     }
+
+    async fn reserve(
+        &self,
+        r: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        let key = |m: &pb::ReserveRequest| m.idempotency_key.clone();
+        self.forward(
+            "Reserve",
+            r,
+            key,
+            |mut c, r| async move { c.reserve(r).await },
+        )
+        .await
+    }
+
+    async fn capture(
+        &self,
+        r: Request<pb::CaptureRequest>,
+    ) -> Result<Response<pb::CaptureResponse>, Status> {
+        let key = |m: &pb::CaptureRequest| m.idempotency_key.clone();
+        self.forward(
+            "Capture",
+            r,
+            key,
+            |mut c, r| async move { c.capture(r).await },
+        )
+        .await
+    }
+
+    async fn release(
+        &self,
+        r: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let key = |m: &pb::ReleaseRequest| m.idempotency_key.clone();
+        self.forward(
+            "Release",
+            r,
+            key,
+            |mut c, r| async move { c.release(r).await },
+        )
+        .await
+    }
+
+    async fn get_hold(
+        &self,
+        r: Request<pb::GetHoldRequest>,
+    ) -> Result<Response<pb::GetHoldResponse>, Status> {
+        self.forward("GetHold", r, no_key, |mut c, r| async move {
+            c.get_hold(r).await
+        })
+        .await
+    }
+
+    async fn list_holds(
+        &self,
+        r: Request<pb::ListHoldsRequest>,
+    ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        self.forward("ListHolds", r, no_key, |mut c, r| async move {
+            c.list_holds(r).await
+        })
+        .await
+    }
 }

@@ -31,6 +31,8 @@ pub struct Model {
     pub created_by: Option<String>,
     /// The writer's TLS client-certificate subject, if any.
     pub created_by_subject: Option<String>,
+    /// The hold a capture's USAGE transaction settled.
+    pub hold_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

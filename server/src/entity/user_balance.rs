@@ -14,6 +14,13 @@ pub struct Model {
     /// The sequence of the user's latest transaction (0 before any).
     pub last_sequence: i64,
     pub updated_at: DateTimeUtc,
+    /// The credits of the user's ACTIVE holds (expired ones included until
+    /// a write or read notices them: see `holds_expire_at`).
+    pub held: i64,
+    /// The earliest expire_time among ACTIVE holds; none when there are none.
+    pub holds_expire_at: Option<DateTimeUtc>,
+    /// Holds the user ever had.
+    pub hold_count: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -15,7 +15,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sea_orm::{ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Statement};
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement,
+};
+
+use super::model::HoldState;
+use super::store::time_value;
+use crate::entity::credit_hold;
 
 use super::faults::Fault;
 use super::store::Store;
@@ -167,7 +174,10 @@ async fn answer(store: &Store, batch: Vec<Job>) {
     {
         panic!("fault injected: panic in a balance read");
     }
-    match fetch(&store.db, users).await.map_err(|e| store.explain(e)) {
+    match fetch(&store.db, users, store.clock.now())
+        .await
+        .map_err(|e| store.explain(e))
+    {
         Ok(found) => {
             for (user, reply) in batch {
                 let result = match found.get(&user) {
@@ -185,10 +195,11 @@ async fn answer(store: &Store, batch: Vec<Job>) {
     }
 }
 
-/// The balance rows of `users`, by user.
+/// The balance rows of `users`, by user, with what their holds hold now.
 async fn fetch(
     db: &DatabaseConnection,
     users: HashSet<&str>,
+    now: DateTime<Utc>,
 ) -> Result<HashMap<String, Balance>, LedgerError> {
     let query = user_balance::Entity::find();
     let rows = if db.get_database_backend() == DbBackend::Postgres {
@@ -209,16 +220,56 @@ async fn fetch(
             .all(db)
             .await?
     };
+    // `held` is exact until the user's earliest hold expires; past that,
+    // the active holds that have not expired are summed (a later write will
+    // write their expiry down). One extra query, only for such users.
+    let stale: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.holds_expire_at.is_some_and(|at| at <= now))
+        .map(|r| r.user_id.as_str())
+        .collect();
+    let fresh_held = held_now(db, &stale, now).await?;
     Ok(rows
-        .into_iter()
+        .iter()
         .map(|r| {
+            let held = match r.holds_expire_at {
+                Some(at) if at <= now => fresh_held.get(&r.user_id).copied().unwrap_or(0),
+                _ => r.held,
+            };
             let balance = Balance {
                 user_id: r.user_id.clone(),
                 balance: r.balance,
+                held,
                 last_sequence: r.last_sequence,
                 updated_at: r.updated_at,
             };
-            (r.user_id, balance)
+            (r.user_id.clone(), balance)
         })
         .collect())
+}
+
+/// The credits of `users`' ACTIVE holds that have not expired at `now`.
+async fn held_now(
+    db: &DatabaseConnection,
+    users: &[&str],
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, i64>, LedgerError> {
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = credit_hold::Entity::find()
+        .select_only()
+        .column(credit_hold::Column::UserId)
+        .column(credit_hold::Column::Amount)
+        .filter(credit_hold::Column::UserId.is_in(users.iter().copied()))
+        .filter(credit_hold::Column::State.eq(HoldState::Active.as_str()))
+        .filter(credit_hold::Column::ExpireTime.gt(time_value(db.get_database_backend(), now)))
+        .into_tuple::<(String, i64)>()
+        .all(db)
+        .await?;
+    let mut held = HashMap::new();
+    for (user, amount) in rows {
+        *held.entry(user).or_insert(0) += amount;
+    }
+    Ok(held)
 }

@@ -40,11 +40,12 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::error::LedgerError;
+use super::holds;
 use super::model::{Operation, Transaction, WriteOutcome, WriteRequest};
 use super::rows::to_row;
 use super::rules::{self, Account, RefundTarget};
-use super::store::now;
-use crate::entity::{credit_transaction as ctx, user_balance};
+use super::store::HoldRules;
+use crate::entity::{credit_hold, credit_transaction as ctx, user_balance};
 
 /// A write waiting to be applied: the request, the idempotency key it was
 /// given when it entered the ledger (the caller's, or one made then: never
@@ -98,15 +99,21 @@ pub async fn apply_batch<C: ConnectionTrait>(
     db: &C,
     batch: &[Pending],
     mode: LockMode,
+    now: DateTime<Utc>,
+    rules: HoldRules,
 ) -> Result<Vec<Step>, LedgerError> {
     let (accounts, skipped) = lock_accounts(db, batch, mode).await?;
     let locked: Vec<&Pending> = batch
         .iter()
         .filter(|p| !skipped.contains(&p.req.user_id))
         .collect();
-    let stored = stored_by_key(db, &locked).await?;
+    let stored = stored_by_key(db, &locked, &accounts).await?;
     let targets = refund_targets(db, &locked).await?;
-    let mut state = BatchState::new(accounts, stored, targets, now());
+    let holds = holds::load(db, &locked, &accounts, now).await?;
+    let mut state = BatchState::new(accounts, stored, targets, now);
+    state.holds = holds;
+    state.hold_rules = rules;
+    state.expire_holds();
     let steps = batch
         .iter()
         .map(|p| match skipped.contains(&p.req.user_id) {
@@ -118,51 +125,76 @@ pub async fn apply_batch<C: ConnectionTrait>(
     Ok(steps)
 }
 
+/// What a caller's key already named, under the batch's locks.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// Transactions by (user, key).
+    pub transactions: HashMap<(String, String), ctx::Model>,
+    /// Holds by (user, the key they were reserved with).
+    pub reserves: HashMap<(String, String), credit_hold::Model>,
+    /// Holds by (user, the key of the capture or release that closed them).
+    pub closes: HashMap<(String, String), credit_hold::Model>,
+}
+
 /// The state of one batch as its requests are applied in order: the locked
 /// accounts, the stored originals of the batch's keys, the refund targets,
-/// and what the batch has written so far.
+/// the holds it may touch, and what the batch has written so far.
 pub struct BatchState {
-    accounts: HashMap<String, Account>,
-    stored: HashMap<(String, String), ctx::Model>,
+    pub(super) accounts: HashMap<String, Account>,
+    pub(super) stored: Stored,
     targets: HashMap<String, RefundTarget>,
-    created_at: DateTime<Utc>,
+    /// The batch's one instant: every rule and timestamp uses it.
+    pub(super) now: DateTime<Utc>,
+    /// Holds by id: every ACTIVE hold of a user whose holds the batch may
+    /// close or expire, and every hold a request names.
+    pub(super) holds: HashMap<String, credit_hold::Model>,
+    pub(super) hold_rules: HoldRules,
     /// Keys applied earlier in this batch, with their fingerprints.
     in_batch: HashMap<(String, String), (String, WriteOutcome)>,
-    rows: Vec<ctx::Model>,
-    changed_accounts: HashSet<String>,
+    pub(super) rows: Vec<ctx::Model>,
+    pub(super) changed_accounts: HashSet<String>,
+    /// Accounts whose hold columns changed (held, next expiry, count).
+    pub(super) changed_hold_accounts: HashSet<String>,
     changed_targets: HashSet<String>,
+    pub(super) new_holds: HashSet<String>,
+    pub(super) changed_holds: HashSet<String>,
 }
 
 impl BatchState {
     pub fn new(
         accounts: HashMap<String, Account>,
-        stored: HashMap<(String, String), ctx::Model>,
+        stored: Stored,
         targets: HashMap<String, RefundTarget>,
-        created_at: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Self {
         Self {
             accounts,
             stored,
             targets,
-            created_at,
+            now,
+            holds: HashMap::new(),
+            hold_rules: HoldRules::default(),
             in_batch: HashMap::new(),
             rows: Vec::new(),
             changed_accounts: HashSet::new(),
+            changed_hold_accounts: HashSet::new(),
             changed_targets: HashSet::new(),
+            new_holds: HashSet::new(),
+            changed_holds: HashSet::new(),
         }
     }
 
     /// Applies one request against the state the requests before it left:
-    /// a replay of its key, a refusal, or a new transaction. A refusal
-    /// changes nothing.
+    /// a replay of its key, a refusal, or a new transaction or hold. A
+    /// refusal changes nothing.
     pub fn step(&mut self, pending: &Pending) -> Result<WriteOutcome, LedgerError> {
         let req = &pending.req;
-        let Some(account) = self.accounts.get_mut(&req.user_id) else {
+        if !self.accounts.contains_key(&req.user_id) {
             return Err(LedgerError::UserNotFound(req.user_id.clone()));
-        };
+        }
         let lookup = (req.user_id.clone(), pending.key.clone());
-        if let Some(original) = self.stored.get(&lookup) {
-            return replay(original, &pending.fingerprint, &pending.key);
+        if let Some(outcome) = self.replay(&lookup, &pending.fingerprint)? {
+            return Ok(outcome);
         }
         if let Some((fingerprint, outcome)) = self.in_batch.get(&lookup) {
             if *fingerprint != pending.fingerprint {
@@ -173,7 +205,22 @@ impl BatchState {
                 ..outcome.clone()
             });
         }
+        let outcome = match &req.operation {
+            Operation::Reserve { .. } => self.reserve(pending)?,
+            Operation::Capture { .. } | Operation::Release { .. } => self.close_hold(pending)?,
+            _ => self.change_balance(pending)?,
+        };
+        self.in_batch
+            .insert(lookup, (pending.fingerprint.clone(), outcome.clone()));
+        Ok(outcome)
+    }
 
+    /// A top-up, spend, grant or refund: one transaction.
+    fn change_balance(&mut self, pending: &Pending) -> Result<WriteOutcome, LedgerError> {
+        let req = &pending.req;
+        let Some(account) = self.accounts.get_mut(&req.user_id) else {
+            return Err(LedgerError::UserNotFound(req.user_id.clone()));
+        };
         let change = rules::plan(&req.user_id, &req.operation, &self.targets)?;
         let (balance, sequence) = rules::apply(account, &change)?;
         if let Some((target, amount)) = &change.refund_of
@@ -197,33 +244,85 @@ impl BatchState {
             metadata: req.metadata.clone(),
             refunded_transaction_id: change.refund_of.map(|(target, _)| target),
             refunded_amount: 0,
-            created_at: self.created_at,
+            created_at: self.now,
             created_by: Some(req.actor.name.clone()),
             created_by_subject: req.actor.certificate_subject.clone(),
+            hold_id: None,
         };
         self.rows
             .push(to_row(&transaction, pending.fingerprint.clone()));
-        let outcome = WriteOutcome {
-            transaction,
+        let available = balance.saturating_sub(account.held);
+        Ok(WriteOutcome {
+            transaction: Some(transaction),
+            hold: None,
             balance,
+            available,
             replayed: false,
-        };
-        self.in_batch
-            .insert(lookup, (pending.fingerprint.clone(), outcome.clone()));
-        Ok(outcome)
+        })
     }
 
-    /// Writes what the batch changed: balances, refunded totals, log rows.
-    async fn write<C: ConnectionTrait>(self, db: &C) -> Result<(), LedgerError> {
-        if self.rows.is_empty() {
-            return Ok(());
+    /// The original answer when the key was used before: a closing capture
+    /// or release, a reserve, or a transaction, in that order (a capture's
+    /// transaction carries its key too). `IdempotencyKeyReused` when the
+    /// parameters differ.
+    fn replay(
+        &self,
+        lookup: &(String, String),
+        fingerprint: &str,
+    ) -> Result<Option<WriteOutcome>, LedgerError> {
+        let reused = || LedgerError::IdempotencyKeyReused(lookup.1.clone());
+        if let Some(hold) = self.stored.closes.get(lookup) {
+            if hold.close_fingerprint.as_deref() != Some(fingerprint) {
+                return Err(reused());
+            }
+            let transaction = self
+                .stored
+                .transactions
+                .get(lookup)
+                .map(|t| Transaction::try_from(t.clone()))
+                .transpose()?;
+            return Ok(Some(WriteOutcome {
+                transaction,
+                hold: Some(holds::as_closed(hold, self.now)?),
+                balance: hold.close_balance.unwrap_or_default(),
+                available: hold.close_available.unwrap_or_default(),
+                replayed: true,
+            }));
         }
+        if let Some(hold) = self.stored.reserves.get(lookup) {
+            if hold.fingerprint != fingerprint {
+                return Err(reused());
+            }
+            return Ok(Some(WriteOutcome {
+                transaction: None,
+                hold: Some(holds::as_reserved(hold)?),
+                balance: hold.reserve_balance,
+                available: hold.reserve_available,
+                replayed: true,
+            }));
+        }
+        match self.stored.transactions.get(lookup) {
+            Some(original) => replay(original, fingerprint, &lookup.1).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes what the batch changed: balances, refunded totals, holds, log
+    /// rows.
+    async fn write<C: ConnectionTrait>(self, db: &C) -> Result<(), LedgerError> {
+        holds::write(db, &self).await?;
         let changed: Vec<(&String, &Account)> = self
             .accounts
             .iter()
-            .filter(|(user, _)| self.changed_accounts.contains(*user))
+            .filter(|(user, _)| {
+                self.changed_accounts.contains(*user) || self.changed_hold_accounts.contains(*user)
+            })
             .collect();
-        write_accounts(db, &changed, self.created_at).await?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let with_holds = !self.changed_hold_accounts.is_empty();
+        write_accounts(db, &changed, self.now, with_holds).await?;
         let refunded: Vec<(&String, i64)> = self
             .targets
             .iter()
@@ -231,13 +330,15 @@ impl BatchState {
             .map(|(id, t)| (id, t.refunded))
             .collect();
         write_refunded(db, &refunded).await?;
-        ctx::Entity::insert_many(
-            self.rows
-                .into_iter()
-                .map(IntoActiveModel::into_active_model),
-        )
-        .exec_without_returning(db)
-        .await?;
+        if !self.rows.is_empty() {
+            ctx::Entity::insert_many(
+                self.rows
+                    .into_iter()
+                    .map(IntoActiveModel::into_active_model),
+            )
+            .exec_without_returning(db)
+            .await?;
+        }
         Ok(())
     }
 }
@@ -254,7 +355,10 @@ fn replay(
     let transaction = Transaction::try_from(original.clone())?;
     Ok(WriteOutcome {
         balance: transaction.running_balance,
-        transaction,
+        // Not recorded for plain transactions (their answers carry none).
+        available: transaction.running_balance,
+        transaction: Some(transaction),
+        hold: None,
         replayed: true,
     })
 }
@@ -295,6 +399,9 @@ async fn lock_accounts<C: ConnectionTrait>(
             let account = Account {
                 balance: r.balance,
                 last_sequence: r.last_sequence,
+                held: r.held,
+                holds_expire_at: r.holds_expire_at,
+                hold_count: r.hold_count,
             };
             (r.user_id, account)
         })
@@ -345,15 +452,37 @@ async fn bound_lock_wait<C: ConnectionTrait>(
 async fn stored_by_key<C: ConnectionTrait>(
     db: &C,
     batch: &[&Pending],
-) -> Result<HashMap<(String, String), ctx::Model>, LedgerError> {
+    accounts: &HashMap<String, Account>,
+) -> Result<Stored, LedgerError> {
     let wanted: HashSet<(&str, &str)> = batch
         .iter()
         .filter(|p| p.caller_key)
         .map(|p| (p.req.user_id.as_str(), p.key.as_str()))
         .collect();
     if wanted.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Stored::default());
     }
+    // Keys are unique per user across transactions and holds. Only users
+    // who ever had a hold can have a key on one: the others' writes pay
+    // for no hold lookup.
+    let with_holds: HashSet<(&str, &str)> = wanted
+        .iter()
+        .filter(|(u, _)| accounts.get(*u).is_some_and(|a| a.hold_count > 0))
+        .copied()
+        .collect();
+    let (reserves, closes) = holds::by_key(db, &with_holds).await?;
+    Ok(Stored {
+        transactions: transactions_by_key(db, &wanted).await?,
+        reserves,
+        closes,
+    })
+}
+
+/// Stored transactions with one of the `wanted` (user, key) pairs.
+async fn transactions_by_key<C: ConnectionTrait>(
+    db: &C,
+    wanted: &HashSet<(&str, &str)>,
+) -> Result<HashMap<(String, String), ctx::Model>, LedgerError> {
     let rows = if db.get_database_backend() == DbBackend::Postgres {
         // One probe of the unique (user_id, idempotency_key) index per pair,
         // whatever the table's statistics say. With `user_id IN .. AND key
@@ -419,28 +548,43 @@ async fn refund_targets<C: ConnectionTrait>(
         .collect())
 }
 
-/// One UPDATE for every changed balance row (a CASE per column).
+/// One UPDATE for every changed balance row (a CASE per column); the hold
+/// columns only when the batch changed some.
 async fn write_accounts<C: ConnectionTrait>(
     db: &C,
     changed: &[(&String, &Account)],
     updated_at: chrono::DateTime<chrono::Utc>,
+    with_holds: bool,
 ) -> Result<(), LedgerError> {
     use user_balance::Column as C;
-    let case = |value: fn(&Account) -> i64, column: C| {
+    let case = |value: fn(&Account) -> sea_orm::Value, column: C| {
         changed
             .iter()
             .fold(CaseStatement::new(), |case, (user, account)| {
-                case.case(C::UserId.eq(user.as_str()), value(account))
+                case.case(C::UserId.eq(user.as_str()), Expr::val(value(account)))
             })
             .finally(Expr::col(column))
     };
-    let result = user_balance::Entity::update_many()
-        .col_expr(C::Balance, case(|a| a.balance, C::Balance).into())
+    let mut update = user_balance::Entity::update_many()
+        .col_expr(C::Balance, case(|a| a.balance.into(), C::Balance).into())
         .col_expr(
             C::LastSequence,
-            case(|a| a.last_sequence, C::LastSequence).into(),
+            case(|a| a.last_sequence.into(), C::LastSequence).into(),
         )
-        .col_expr(C::UpdatedAt, Expr::value(updated_at))
+        .col_expr(C::UpdatedAt, Expr::value(updated_at));
+    if with_holds {
+        update = update
+            .col_expr(C::Held, case(|a| a.held.into(), C::Held).into())
+            .col_expr(
+                C::HoldsExpireAt,
+                case(|a| a.holds_expire_at.into(), C::HoldsExpireAt).into(),
+            )
+            .col_expr(
+                C::HoldCount,
+                case(|a| a.hold_count.into(), C::HoldCount).into(),
+            );
+    }
+    let result = update
         .filter(C::UserId.is_in(changed.iter().map(|(u, _)| u.as_str())))
         .exec(db)
         .await?;
@@ -480,7 +624,8 @@ async fn write_refunded<C: ConnectionTrait>(
 mod tests {
     use super::*;
     use crate::ledger::fingerprint::fingerprint;
-    use crate::ledger::model::{Actor, Usage};
+    use crate::ledger::model::{Actor, Expiry, HoldState, Usage};
+    use chrono::TimeDelta;
 
     fn pending(user: &str, key: Option<&str>, operation: Operation) -> Pending {
         let req = WriteRequest {
@@ -509,18 +654,23 @@ mod tests {
         }
     }
 
-    fn state(balances: &[(&str, i64)]) -> BatchState {
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn state(balances: &[(&str, i64)], now: DateTime<Utc>) -> BatchState {
         let accounts = balances
             .iter()
             .map(|(u, b)| {
                 let account = Account {
                     balance: *b,
                     last_sequence: 3,
+                    ..Account::default()
                 };
                 ((*u).to_owned(), account)
             })
             .collect();
-        BatchState::new(accounts, HashMap::new(), HashMap::new(), now())
+        BatchState::new(accounts, Stored::default(), HashMap::new(), now)
     }
 
     /// Each request sees the balance the ones before it left; a refusal
@@ -529,10 +679,11 @@ mod tests {
     /// when its parameters differ.
     #[test]
     fn each_request_keeps_its_own_rules_inside_a_batch() {
-        let mut s = state(&[("a", 10), ("b", 0)]);
+        let mut s = state(&[("a", 10), ("b", 0)], at(0));
         let first = s.step(&pending("a", Some("k1"), spend(6))).unwrap();
-        assert_eq!((first.balance, first.transaction.sequence), (4, 4));
-        assert_eq!(first.transaction.created_by.as_deref(), Some("billing"));
+        let tx = first.transaction.clone().unwrap();
+        assert_eq!((first.balance, tx.sequence), (4, 4));
+        assert_eq!(tx.created_by.as_deref(), Some("billing"));
         let refused = s.step(&pending("a", None, spend(5)));
         assert!(matches!(
             refused,
@@ -542,22 +693,172 @@ mod tests {
             })
         ));
         let second = s.step(&pending("a", None, spend(4))).unwrap();
-        assert_eq!((second.balance, second.transaction.sequence), (0, 5));
+        assert_eq!(
+            (second.balance, second.transaction.unwrap().sequence),
+            (0, 5)
+        );
         let replay = s.step(&pending("a", Some("k1"), spend(6))).unwrap();
         assert!(replay.replayed);
-        assert_eq!(replay.transaction.id, first.transaction.id);
+        assert_eq!(replay.transaction.unwrap().id, tx.id);
         assert!(matches!(
             s.step(&pending("a", Some("k1"), spend(7))),
             Err(LedgerError::IdempotencyKeyReused(_))
         ));
         // The same key for another user is another key.
         let other = s.step(&pending("b", Some("k1"), Operation::TopUp { amount: 2 }));
-        assert_eq!(other.unwrap().transaction.sequence, 4);
+        assert_eq!(other.unwrap().transaction.unwrap().sequence, 4);
         assert!(matches!(
             s.step(&pending("nobody", None, spend(1))),
             Err(LedgerError::UserNotFound(_))
         ));
         assert_eq!(s.rows.len(), 3, "three transactions were applied");
         assert_eq!(s.changed_accounts.len(), 2);
+    }
+
+    fn reserve(amount: i64, ttl_secs: i64) -> Operation {
+        Operation::Reserve {
+            amount,
+            expiry: Expiry::Ttl(TimeDelta::seconds(ttl_secs)),
+            usage: Usage::default(),
+        }
+    }
+
+    fn capture(hold: &str, amount: i64) -> Operation {
+        Operation::Capture {
+            hold_id: hold.into(),
+            amount,
+            usage: None,
+        }
+    }
+
+    /// Holds take from the available balance only; a spend sees what holds
+    /// leave; a capture settles once, for less, more (from what is
+    /// available) or nothing; every close after the first is refused.
+    #[test]
+    fn holds_take_from_the_available_balance_and_close_once() {
+        let mut s = state(&[("a", 500)], at(0));
+        let mut holds = Vec::new();
+        for i in 0..10 {
+            match s.step(&pending("a", Some(&format!("r{i}")), reserve(100, 60))) {
+                Ok(o) => holds.push(o.hold.unwrap().id),
+                Err(LedgerError::InsufficientBalance {
+                    available: 0,
+                    requested: 100,
+                }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(holds.len(), 5, "exactly five reserves of 100 fit in 500");
+        assert!(matches!(
+            s.step(&pending("a", None, spend(1))),
+            Err(LedgerError::InsufficientBalance { available: 0, .. })
+        ));
+        // Capture for less: the rest is released.
+        let less = s
+            .step(&pending("a", Some("c0"), capture(&holds[0], 30)))
+            .unwrap();
+        assert_eq!((less.balance, less.available), (470, 70));
+        let tx = less.transaction.unwrap();
+        assert_eq!(
+            (tx.amount, tx.hold_id.as_deref()),
+            (-30, Some(holds[0].as_str()))
+        );
+        assert_eq!(less.hold.unwrap().state, HoldState::Captured);
+        // Capture for more: the excess comes from what is available.
+        let more = s
+            .step(&pending("a", None, capture(&holds[1], 170)))
+            .unwrap();
+        assert_eq!((more.balance, more.available), (300, 0));
+        // More than hold + available: refused, the hold stays active.
+        assert!(matches!(
+            s.step(&pending("a", None, capture(&holds[2], 101))),
+            Err(LedgerError::InsufficientBalance {
+                available: 100,
+                requested: 101
+            })
+        ));
+        // Capture of 0 releases; release releases.
+        let zero = s.step(&pending("a", None, capture(&holds[2], 0))).unwrap();
+        assert!(zero.transaction.is_none());
+        assert_eq!(zero.hold.unwrap().state, HoldState::Released);
+        let released = s
+            .step(&pending(
+                "a",
+                None,
+                Operation::Release {
+                    hold_id: holds[3].clone(),
+                    reason: None,
+                },
+            ))
+            .unwrap();
+        assert_eq!(released.available, 200);
+        // Closed once.
+        for (hold, op) in [
+            (&holds[0], capture(&holds[0], 1)),
+            (&holds[3], capture(&holds[3], 1)),
+        ] {
+            assert!(
+                matches!(
+                    s.step(&pending("a", None, op)),
+                    Err(LedgerError::HoldNotActive { .. })
+                ),
+                "{hold} closed twice"
+            );
+        }
+        // A retry of the first capture replays it.
+        let again = s
+            .step(&pending("a", Some("c0"), capture(&holds[0], 30)))
+            .unwrap();
+        assert!(again.replayed);
+        assert!(matches!(
+            s.step(&pending(
+                "a",
+                None,
+                capture("00000000-0000-0000-0000-000000000000", 1)
+            )),
+            Err(LedgerError::HoldNotFound { .. })
+        ));
+        let account = &s.accounts["a"];
+        assert_eq!((account.balance, account.held), (300, 100));
+    }
+
+    /// Expiry is exact: at `expire_time` a hold no longer holds and cannot
+    /// be captured, and the batch writes its expiry down first.
+    #[test]
+    fn holds_expire_at_their_expire_time() {
+        let mut s = state(&[("a", 100)], at(0));
+        let hold = s
+            .step(&pending("a", None, reserve(80, 10)))
+            .unwrap()
+            .hold
+            .unwrap();
+        assert_eq!(hold.expire_time, at(10));
+        let row = s.holds[&hold.id].clone();
+        let account = s.accounts["a"].clone();
+        assert_eq!((account.held, account.holds_expire_at), (80, Some(at(10))));
+        for (now, expired) in [(at(9), false), (at(10), true), (at(11), true)] {
+            let accounts = HashMap::from([("a".to_owned(), account.clone())]);
+            let mut later = BatchState::new(accounts, Stored::default(), HashMap::new(), now);
+            later.holds = HashMap::from([(row.id.clone(), row.clone())]);
+            later.expire_holds();
+            let result = later.step(&pending("a", None, capture(&hold.id, 10)));
+            if expired {
+                assert!(
+                    matches!(result, Err(LedgerError::HoldExpired { .. })),
+                    "{now}"
+                );
+                assert_eq!(later.accounts["a"].held, 0);
+                assert_eq!(later.accounts["a"].holds_expire_at, None);
+                assert_eq!(later.holds[&row.id].state, "EXPIRED");
+                assert_eq!(later.holds[&row.id].closed_at, Some(at(10)));
+            } else {
+                assert_eq!(result.unwrap().balance, 90, "{now}");
+            }
+        }
+        // A TTL beyond the maximum is refused.
+        assert!(matches!(
+            s.step(&pending("a", None, reserve(1, 8 * 24 * 3600))),
+            Err(LedgerError::InvalidArgument(_))
+        ));
     }
 }

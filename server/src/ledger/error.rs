@@ -115,6 +115,18 @@ pub enum LedgerError {
         remaining: i64,
         requested: i64,
     },
+    #[error("hold {hold_id:?} not found for user {user_id:?}")]
+    HoldNotFound { user_id: String, hold_id: String },
+    #[error("hold {hold_id} is already {state}: a hold is captured or released once")]
+    HoldNotActive {
+        hold_id: String,
+        state: &'static str,
+    },
+    #[error("hold {hold_id} expired at {expire_time}; its credits are available again")]
+    HoldExpired {
+        hold_id: String,
+        expire_time: chrono::DateTime<chrono::Utc>,
+    },
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// A concurrent write got in the way (deadlock, serialization failure,

@@ -5,7 +5,18 @@
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::model::{Operation, WriteRequest};
+use super::model::{Expiry, Operation, Usage, WriteRequest};
+
+fn usage_parts(usage: &Usage) -> serde_json::Value {
+    json!([
+        usage.graph_exec_id,
+        usage.graph_id,
+        usage.node_id,
+        usage.node_exec_id,
+        usage.block_id,
+        usage.reason,
+    ])
+}
 
 /// SHA-256 (hex) of the request's canonical JSON form, without the user and
 /// the key (they are the lookup, not the content).
@@ -35,6 +46,33 @@ pub fn fingerprint(req: &WriteRequest) -> String {
             "amount": amount,
             "reason": reason,
         }),
+        Operation::Reserve {
+            amount,
+            expiry,
+            usage,
+        } => json!({
+            "op": "RESERVE",
+            "amount": amount,
+            "expiry": match expiry {
+                Expiry::Default => json!(null),
+                Expiry::Ttl(ttl) => json!({"ttl_micros": ttl.num_microseconds()}),
+                Expiry::At(at) => json!({"at_micros": at.timestamp_micros()}),
+            },
+            "usage": usage_parts(usage),
+        }),
+        Operation::Capture {
+            hold_id,
+            amount,
+            usage,
+        } => json!({
+            "op": "CAPTURE",
+            "hold": hold_id,
+            "amount": amount,
+            "usage": usage.as_ref().map(usage_parts),
+        }),
+        Operation::Release { hold_id, reason } => {
+            json!({"op": "RELEASE", "hold": hold_id, "reason": reason})
+        }
     };
     // serde_json maps are ordered (sorted, or insertion order which is fixed
     // here and sorted for metadata built from a protobuf Struct), so equal

@@ -553,7 +553,7 @@ impl Store {
             true => Err(LedgerError::Internal(
                 "fault injected: fail before commit".into(),
             )),
-            false => apply_batch(&txn.txn, batch, mode).await,
+            false => apply_batch(&txn.txn, batch, mode, self.clock.now(), self.holds).await,
         };
         match applied {
             Ok(steps) => {

@@ -9,7 +9,7 @@ use super::balance_reads::{self, BalanceReads, ReadStats};
 use super::faults::Fault;
 use super::group_commit::{GroupCommit, WriteStats};
 use super::pool::{self, PoolState};
-use super::store::Store;
+use super::store::{HoldRules, Store};
 
 /// How the ledger uses its connections.
 #[derive(Debug, Clone)]
@@ -23,6 +23,8 @@ pub struct LedgerConfig {
     /// How long a history read waits for a free connection before it is
     /// shed (the pool's acquire timeout).
     pub acquire_timeout: Duration,
+    /// Default and longest hold TTL.
+    pub holds: HoldRules,
 }
 
 impl Default for LedgerConfig {
@@ -31,6 +33,7 @@ impl Default for LedgerConfig {
             write_slots: 8,
             max_queued_writes: 10_000,
             acquire_timeout: Duration::from_secs(5),
+            holds: HoldRules::default(),
         }
     }
 }
@@ -79,7 +82,12 @@ impl Ledger {
                 reserved + 1
             ));
         }
-        let store = Store::new(db, connections - reserved, config.acquire_timeout);
+        let store = Store::new(
+            db,
+            connections - reserved,
+            config.acquire_timeout,
+            config.holds,
+        );
         Ok(Self {
             writer: GroupCommit::start(store.clone(), write_slots, config.max_queued_writes),
             reads: BalanceReads::start(store.clone(), read_slots),
@@ -112,6 +120,12 @@ impl Ledger {
     #[doc(hidden)]
     pub fn inject_fault(&self, fault: Fault, user_id: &str) {
         self.store.faults.arm(fault, user_id);
+    }
+
+    /// Moves this ledger's clock forward (tests of expiry, without sleeping).
+    #[doc(hidden)]
+    pub fn advance_clock(&self, by: Duration) {
+        self.store.clock.advance(by);
     }
 
     /// Disarms every test fault.

@@ -75,6 +75,105 @@ pub enum Operation {
         /// Set for callers that may refund only USAGE (the service role).
         usage_only: bool,
     },
+    /// Earmark credits until captured, released or expired.
+    Reserve {
+        amount: i64,
+        expiry: Expiry,
+        usage: Usage,
+    },
+    /// Settle a hold with the real cost (0 releases it). `usage: None`
+    /// takes the hold's.
+    Capture {
+        hold_id: String,
+        amount: i64,
+        usage: Option<Usage>,
+    },
+    /// Give a hold back.
+    Release {
+        hold_id: String,
+        reason: Option<String>,
+    },
+}
+
+/// When a hold asked to end, as the caller said it (resolved against the
+/// ledger's clock when the hold is placed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The server's default TTL.
+    Default,
+    /// This long after it is placed.
+    Ttl(chrono::TimeDelta),
+    /// At this instant.
+    At(DateTime<Utc>),
+}
+
+/// The state of a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HoldState {
+    Active,
+    Captured,
+    Released,
+    Expired,
+}
+
+impl HoldState {
+    pub const ALL: [HoldState; 4] = [
+        HoldState::Active,
+        HoldState::Captured,
+        HoldState::Released,
+        HoldState::Expired,
+    ];
+
+    /// The stored name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldState::Active => "ACTIVE",
+            HoldState::Captured => "CAPTURED",
+            HoldState::Released => "RELEASED",
+            HoldState::Expired => "EXPIRED",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Credits earmarked for one piece of work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub id: String,
+    pub user_id: String,
+    pub amount: i64,
+    pub captured_amount: i64,
+    /// As of the answer: an ACTIVE hold past its expire_time is `Expired`.
+    pub state: HoldState,
+    pub usage: Usage,
+    pub metadata: Option<Metadata>,
+    pub created_at: DateTime<Utc>,
+    pub expire_time: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub capture_transaction_id: Option<String>,
+    pub idempotency_key: String,
+    pub release_reason: Option<String>,
+}
+
+/// Which holds a page lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldQuery {
+    pub user_id: String,
+    /// Empty means every state.
+    pub states: Vec<HoldState>,
+    pub page_size: u64,
+    pub page_token: Option<String>,
+}
+
+/// One page of holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldPage {
+    pub holds: Vec<Hold>,
+    pub next_page_token: Option<String>,
 }
 
 /// One write: an operation on one user's balance.
@@ -120,13 +219,19 @@ pub struct Transaction {
     /// Who wrote it; `None` for rows written before this was recorded.
     pub created_by: Option<String>,
     pub created_by_subject: Option<String>,
+    /// For a capture's USAGE transaction, the hold it settled.
+    pub hold_id: Option<String>,
 }
 
-/// The answer to a write: the transaction and the balance right after it.
+/// The answer to a write: the transaction (none for a reserve, a release or
+/// a capture of 0), the hold it concerned, and the balances right after.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteOutcome {
-    pub transaction: Transaction,
+    pub transaction: Option<Transaction>,
+    pub hold: Option<Hold>,
     pub balance: i64,
+    /// balance - held.
+    pub available: i64,
     /// True when this was a retry answered from the stored original.
     pub replayed: bool,
 }
@@ -154,6 +259,8 @@ pub struct NewUser {
 pub struct Balance {
     pub user_id: String,
     pub balance: i64,
+    /// Credits of active holds that have not expired.
+    pub held: i64,
     pub last_sequence: i64,
     pub updated_at: DateTime<Utc>,
 }

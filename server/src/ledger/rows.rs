@@ -61,6 +61,7 @@ impl TryFrom<credit_transaction::Model> for Transaction {
             created_at: row.created_at,
             created_by: row.created_by,
             created_by_subject: row.created_by_subject,
+            hold_id: row.hold_id,
         })
     }
 }
@@ -97,5 +98,6 @@ pub fn to_row(tx: &Transaction, fingerprint: String) -> credit_transaction::Mode
         created_at: tx.created_at,
         created_by: tx.created_by.clone(),
         created_by_subject: tx.created_by_subject.clone(),
+        hold_id: tx.hold_id.clone(),
     }
 }

@@ -9,10 +9,23 @@ use super::model::{Operation, TxKind, Usage};
 use crate::entity::credit_transaction as ctx;
 
 /// A user's balance row as the current batch sees it (locked).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Account {
     pub balance: i64,
     pub last_sequence: i64,
+    /// Credits of ACTIVE holds (the batch writes expired ones down first).
+    pub held: i64,
+    /// The earliest expire_time among ACTIVE holds.
+    pub holds_expire_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Holds the user ever had.
+    pub hold_count: i64,
+}
+
+impl Account {
+    /// What spends and reserves may use.
+    pub fn available(&self) -> i64 {
+        self.balance.saturating_sub(self.held)
+    }
 }
 
 /// A refund target as the current batch sees it: the stored row with the
@@ -56,6 +69,11 @@ pub fn plan(
         Operation::Grant { amount, reason } => simple(TxKind::Grant, *amount, None, reason.clone()),
         Operation::Spend { amount, usage } => {
             simple(TxKind::Usage, -amount, Some(usage.clone()), None)
+        }
+        Operation::Reserve { .. } | Operation::Capture { .. } | Operation::Release { .. } => {
+            return Err(LedgerError::Internal(
+                "hold operations are planned by holds.rs".into(),
+            ));
         }
         Operation::Refund {
             transaction_id,
@@ -110,8 +128,10 @@ pub fn plan(
     })
 }
 
-/// Applies `change` to `account`: checked arithmetic and the floor at zero.
-/// Returns the new balance and the transaction's sequence.
+/// Applies `change` to `account`: checked arithmetic and the floor: what
+/// is taken must come from the available balance (balance minus active
+/// holds), so `available >= 0` holds after every change but a TOP_UP
+/// refund. Returns the new balance and the transaction's sequence.
 pub fn apply(account: &mut Account, change: &Change) -> Result<(i64, i64), LedgerError> {
     let new_balance =
         account
@@ -123,9 +143,9 @@ pub fn apply(account: &mut Account, change: &Change) -> Result<(i64, i64), Ledge
             })?;
     // Only taking credits can be refused for want of them: a credit to a
     // balance left negative by a TOP_UP refund is always welcome.
-    if change.delta < 0 && new_balance < 0 && !change.may_go_negative {
+    if change.delta < 0 && new_balance < account.held && !change.may_go_negative {
         return Err(LedgerError::InsufficientBalance {
-            available: account.balance,
+            available: account.available(),
             requested: -change.delta,
         });
     }
@@ -162,6 +182,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             created_by: None,
             created_by_subject: None,
+            hold_id: None,
         };
         HashMap::from([("t".to_owned(), RefundTarget { row, refunded })])
     }
@@ -193,6 +214,7 @@ mod tests {
         let mut account = Account {
             balance,
             last_sequence: 7,
+            ..Account::default()
         };
         let change = plan("u", op, targets).map_err(|e| e.to_string())?;
         let (new_balance, sequence) = apply(&mut account, &change).map_err(|e| e.to_string())?;
@@ -327,6 +349,7 @@ mod tests {
         let mut account = Account {
             balance: 4,
             last_sequence: 2,
+            ..Account::default()
         };
         let change = plan(
             "u",

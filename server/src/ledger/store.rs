@@ -2,6 +2,7 @@
 //! reads are bounded, and the one clock writes are stamped with.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -32,10 +33,35 @@ pub struct Store {
     /// How long a direct read waits for its turn before it is shed.
     acquire_timeout: Duration,
     pub faults: Arc<Faults>,
+    pub clock: Clock,
+    pub holds: HoldRules,
+}
+
+/// How long holds last.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldRules {
+    /// A hold's TTL when the caller gives neither ttl nor expire_time.
+    pub default_ttl: chrono::TimeDelta,
+    /// The longest TTL a caller may ask for.
+    pub max_ttl: chrono::TimeDelta,
+}
+
+impl Default for HoldRules {
+    fn default() -> Self {
+        Self {
+            default_ttl: chrono::TimeDelta::hours(1),
+            max_ttl: chrono::TimeDelta::days(7),
+        }
+    }
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection, direct_reads: usize, acquire_timeout: Duration) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        direct_reads: usize,
+        acquire_timeout: Duration,
+        holds: HoldRules,
+    ) -> Self {
         let sqlite = db.get_database_backend() == DbBackend::Sqlite;
         Self {
             db,
@@ -43,6 +69,8 @@ impl Store {
             direct_reads: Arc::new(Semaphore::new(direct_reads.max(1))),
             acquire_timeout,
             faults: Arc::default(),
+            clock: Clock::default(),
+            holds,
         }
     }
 
@@ -113,6 +141,16 @@ impl Store {
     }
 }
 
+/// `t` as a query parameter: MySQL takes a zoned time as a TIMESTAMP (1970
+/// to 2038 only) while our columns are DATETIME in UTC, so it gets the
+/// plain UTC time.
+pub fn time_value(backend: DbBackend, t: DateTime<Utc>) -> sea_orm::Value {
+    match backend {
+        DbBackend::MySql => t.naive_utc().into(),
+        _ => t.into(),
+    }
+}
+
 /// A write transaction, holding this process's SQLite writer slot if any.
 pub struct WriteTxn {
     pub txn: DatabaseTransaction,
@@ -139,7 +177,24 @@ impl WriteTxn {
     }
 }
 
-/// Now, at the microsecond precision every supported database stores.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+/// The ledger's clock: the server's system clock in UTC, at the microsecond
+/// precision every supported database stores. Hold expiry is decided by it
+/// (keep servers NTP-synced: a server whose clock is off by d decides
+/// expiry d early or late). Tests move it forward instead of sleeping.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset_micros: Arc<AtomicI64>,
+}
+
+impl Clock {
+    pub fn now(&self) -> DateTime<Utc> {
+        let offset = chrono::TimeDelta::microseconds(self.offset_micros.load(Ordering::Relaxed));
+        (Utc::now() + offset).trunc_subsecs(6)
+    }
+
+    /// Moves this ledger's time forward by `by` (tests only).
+    pub fn advance(&self, by: Duration) {
+        let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
+        self.offset_micros.fetch_add(micros, Ordering::Relaxed);
+    }
 }

@@ -6,7 +6,7 @@ use sea_orm::{EntityTrait, IntoActiveModel, SqlErr};
 use super::error::LedgerError;
 use super::handle::Ledger;
 use super::model::{NewUser, User};
-use super::store::now;
+
 use crate::entity::{user, user_balance};
 
 impl Ledger {
@@ -25,7 +25,7 @@ impl Ledger {
         if let Some(existing) = self.query_user(&new.id).await? {
             return same_user(existing, &new);
         }
-        let created_at = now();
+        let created_at = self.store.clock.now();
         let row = user::Model {
             id: new.id.clone(),
             email: new.email.clone(),
@@ -39,6 +39,9 @@ impl Ledger {
             opening_balance: 0,
             last_sequence: 0,
             updated_at: created_at,
+            held: 0,
+            holds_expire_at: None,
+            hold_count: 0,
         };
         let txn = self.store.begin_write().await?;
         let inserted = async {

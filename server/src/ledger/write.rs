@@ -41,7 +41,12 @@ fn count(result: &Result<WriteOutcome, LedgerError>) {
     match result {
         Ok(outcome) if outcome.replayed => metrics::counter!(m::REPLAYS).increment(1),
         Ok(outcome) => {
-            metrics::counter!(m::APPLIED, "type" => outcome.transaction.kind.as_str()).increment(1);
+            let kind = match (&outcome.transaction, &outcome.hold) {
+                (Some(t), _) => t.kind.as_str(),
+                (None, Some(_)) => "HOLD",
+                (None, None) => "NONE",
+            };
+            metrics::counter!(m::APPLIED, "type" => kind).increment(1);
         }
         Err(LedgerError::InsufficientBalance { .. }) => {
             metrics::counter!(m::INSUFFICIENT).increment(1);

@@ -5,7 +5,7 @@ use chrono::{DateTime, Datelike, Utc};
 use credit_proto::v1 as pb;
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
-use crate::ledger::model::{Metadata, Transaction, TxKind, Usage, User};
+use crate::ledger::model::{Hold, HoldState, Metadata, Transaction, TxKind, Usage, User};
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
@@ -45,6 +45,46 @@ pub fn from_tx_type(value: i32) -> Option<TxKind> {
         pb::TransactionType::Grant => Some(TxKind::Grant),
         pb::TransactionType::Refund => Some(TxKind::Refund),
         pb::TransactionType::CardCheck => Some(TxKind::CardCheck),
+    }
+}
+
+pub fn hold_state(state: HoldState) -> pb::HoldState {
+    match state {
+        HoldState::Active => pb::HoldState::Active,
+        HoldState::Captured => pb::HoldState::Captured,
+        HoldState::Released => pb::HoldState::Released,
+        HoldState::Expired => pb::HoldState::Expired,
+    }
+}
+
+/// The domain state of a wire enum value; `None` for UNSPECIFIED or unknown.
+pub fn from_hold_state(value: i32) -> Option<HoldState> {
+    match pb::HoldState::try_from(value).ok()? {
+        pb::HoldState::Unspecified => None,
+        pb::HoldState::Active => Some(HoldState::Active),
+        pb::HoldState::Captured => Some(HoldState::Captured),
+        pb::HoldState::Released => Some(HoldState::Released),
+        pb::HoldState::Expired => Some(HoldState::Expired),
+    }
+}
+
+impl From<Hold> for pb::Hold {
+    fn from(h: Hold) -> Self {
+        Self {
+            hold_id: h.id,
+            user_id: h.user_id,
+            amount: h.amount,
+            captured_amount: h.captured_amount,
+            state: hold_state(h.state).into(),
+            usage: Some(h.usage.into()),
+            metadata: h.metadata.map(to_struct),
+            created_at: Some(timestamp(h.created_at)),
+            expire_time: Some(timestamp(h.expire_time)),
+            closed_at: h.closed_at.map(timestamp),
+            capture_transaction_id: h.capture_transaction_id.unwrap_or_default(),
+            idempotency_key: h.idempotency_key,
+            release_reason: h.release_reason.unwrap_or_default(),
+        }
     }
 }
 
@@ -90,6 +130,7 @@ impl From<Transaction> for pb::Transaction {
             refunded_amount: t.refunded_amount,
             created_by: t.created_by.unwrap_or_default(),
             created_by_certificate_subject: t.created_by_subject.unwrap_or_default(),
+            hold_id: t.hold_id.unwrap_or_default(),
         }
     }
 }

@@ -44,7 +44,7 @@ fn note<T>(request: &Request<T>, user_id: &str) {
 
 /// The parts of every write response.
 fn written(outcome: WriteOutcome) -> (Option<pb::Transaction>, i64) {
-    (Some(outcome.transaction.into()), outcome.balance)
+    (outcome.transaction.map(Into::into), outcome.balance)
 }
 
 #[tonic::async_trait]
@@ -85,6 +85,8 @@ impl CreditService for CreditApi {
             balance: b.balance,
             updated_at: Some(timestamp(b.updated_at)),
             last_sequence: b.last_sequence,
+            held: b.held,
+            available: b.balance.saturating_sub(b.held),
         }))
     }
 
@@ -203,6 +205,77 @@ impl CreditService for CreditApi {
         let page = self.ledger.history(query).await?;
         Ok(Response::new(pb::ListTransactionsResponse {
             transactions: page.transactions.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let actor = actor::of(&request);
+        let write = requests::reserve(request.into_inner(), actor)?;
+        let outcome = self.ledger.write(write).await?;
+        Ok(Response::new(pb::ReserveResponse {
+            hold: outcome.hold.map(Into::into),
+            balance: outcome.balance,
+            available: outcome.available,
+        }))
+    }
+
+    async fn capture(
+        &self,
+        request: Request<pb::CaptureRequest>,
+    ) -> Result<Response<pb::CaptureResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let actor = actor::of(&request);
+        let write = requests::capture(request.into_inner(), actor)?;
+        let outcome = self.ledger.write(write).await?;
+        Ok(Response::new(pb::CaptureResponse {
+            transaction: outcome.transaction.map(Into::into),
+            hold: outcome.hold.map(Into::into),
+            balance: outcome.balance,
+            available: outcome.available,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let actor = actor::of(&request);
+        let write = requests::release(request.into_inner(), actor)?;
+        let outcome = self.ledger.write(write).await?;
+        Ok(Response::new(pb::ReleaseResponse {
+            hold: outcome.hold.map(Into::into),
+            balance: outcome.balance,
+            available: outcome.available,
+        }))
+    }
+
+    async fn get_hold(
+        &self,
+        request: Request<pb::GetHoldRequest>,
+    ) -> Result<Response<pb::GetHoldResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let (user_id, hold_id) = requests::get_hold(request.into_inner())?;
+        let hold = self.ledger.hold(&user_id, &hold_id).await?;
+        Ok(Response::new(pb::GetHoldResponse {
+            hold: Some(hold.into()),
+        }))
+    }
+
+    async fn list_holds(
+        &self,
+        request: Request<pb::ListHoldsRequest>,
+    ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let query = requests::list_holds(request.into_inner())?;
+        let page = self.ledger.holds(query).await?;
+        Ok(Response::new(pb::ListHoldsResponse {
+            holds: page.holds.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }

@@ -4,11 +4,11 @@
 
 use credit_proto::v1 as pb;
 
-use super::convert::{from_timestamp, from_tx_type};
+use super::convert::{from_hold_state, from_timestamp, from_tx_type};
 use super::validate::Checker;
 use crate::ledger::LedgerError;
 use crate::ledger::model::{
-    Actor, HistoryFilter, HistoryQuery, NewUser, Operation, Usage, WriteRequest,
+    Actor, Expiry, HistoryFilter, HistoryQuery, HoldQuery, NewUser, Operation, Usage, WriteRequest,
 };
 
 /// Page size when the caller gives 0 (AIP-158).
@@ -48,17 +48,22 @@ pub fn top_up(req: pb::TopUpRequest, actor: Actor) -> Result<WriteRequest, Ledge
     Ok(write)
 }
 
-pub fn spend(req: pb::SpendRequest, actor: Actor) -> Result<WriteRequest, LedgerError> {
-    let mut c = Checker::default();
-    let usage = req.usage.unwrap_or_default();
-    let usage = Usage {
+/// The usage details of a request (every part optional free text).
+fn usage(c: &mut Checker, usage: Option<pb::UsageDetails>) -> Usage {
+    let usage = usage.unwrap_or_default();
+    Usage {
         graph_exec_id: c.text("usage.graph_exec_id", usage.graph_exec_id),
         graph_id: c.text("usage.graph_id", usage.graph_id),
         node_id: c.text("usage.node_id", usage.node_id),
         node_exec_id: c.text("usage.node_exec_id", usage.node_exec_id),
         block_id: c.text("usage.block_id", usage.block_id),
         reason: c.text("usage.reason", usage.reason),
-    };
+    }
+}
+
+pub fn spend(req: pb::SpendRequest, actor: Actor) -> Result<WriteRequest, LedgerError> {
+    let mut c = Checker::default();
+    let usage = usage(&mut c, req.usage);
     let write = WriteRequest {
         user_id: c.id("user_id", req.user_id),
         operation: Operation::Spend {
@@ -123,15 +128,7 @@ pub fn get_transaction(req: pb::GetTransactionRequest) -> Result<(String, String
 pub fn list_transactions(req: pb::ListTransactionsRequest) -> Result<HistoryQuery, LedgerError> {
     let mut c = Checker::default();
     let user_id = c.id("user_id", req.user_id);
-    c.require(
-        req.page_size >= 0,
-        "page_size",
-        "must not be negative (0 means the default of 50)",
-    );
-    let page_size = match req.page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        n => (n.max(0) as u64).min(MAX_PAGE_SIZE),
-    };
+    let page_size = page_size(&mut c, req.page_size);
     let mut kinds = Vec::new();
     for (i, value) in req.types.iter().enumerate() {
         match from_tx_type(*value) {
@@ -172,4 +169,129 @@ pub fn list_transactions(req: pb::ListTransactionsRequest) -> Result<HistoryQuer
         page_token,
         filter,
     })
+}
+
+pub fn reserve(req: pb::ReserveRequest, actor: Actor) -> Result<WriteRequest, LedgerError> {
+    use pb::reserve_request::Expiry as Wire;
+    let mut c = Checker::default();
+    let expiry = match req.expiry {
+        None => Expiry::Default,
+        Some(Wire::Ttl(ttl)) => {
+            match chrono::TimeDelta::new(ttl.seconds, ttl.nanos.max(0) as u32) {
+                Some(ttl) if ttl > chrono::TimeDelta::zero() && ttl.subsec_nanos() >= 0 => {
+                    Expiry::Ttl(ttl)
+                }
+                _ => {
+                    c.require(false, "ttl", "must be a positive duration");
+                    Expiry::Default
+                }
+            }
+        }
+        Some(Wire::ExpireTime(t)) => match from_timestamp(&t) {
+            Ok(t) => Expiry::At(t),
+            Err(why) => {
+                c.require(false, "expire_time", why);
+                Expiry::Default
+            }
+        },
+    };
+    let write = WriteRequest {
+        user_id: c.id("user_id", req.user_id),
+        operation: Operation::Reserve {
+            amount: c.amount("amount", req.amount),
+            expiry,
+            usage: usage(&mut c, req.usage),
+        },
+        idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
+        metadata: c.metadata("metadata", req.metadata),
+        actor,
+    };
+    c.finish()?;
+    Ok(write)
+}
+
+pub fn capture(req: pb::CaptureRequest, actor: Actor) -> Result<WriteRequest, LedgerError> {
+    let mut c = Checker::default();
+    c.require(
+        req.amount >= 0,
+        "amount",
+        "must be 0 (release) or more (the real cost)",
+    );
+    let given = req.usage.is_some();
+    let usage = usage(&mut c, req.usage);
+    let write = WriteRequest {
+        user_id: c.id("user_id", req.user_id),
+        operation: Operation::Capture {
+            hold_id: c.uuid("hold_id", req.hold_id, "a hold id returned by Reserve"),
+            amount: req.amount,
+            usage: given.then_some(usage),
+        },
+        idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
+        metadata: c.metadata("metadata", req.metadata),
+        actor,
+    };
+    c.finish()?;
+    Ok(write)
+}
+
+pub fn release(req: pb::ReleaseRequest, actor: Actor) -> Result<WriteRequest, LedgerError> {
+    let mut c = Checker::default();
+    let write = WriteRequest {
+        user_id: c.id("user_id", req.user_id),
+        operation: Operation::Release {
+            hold_id: c.uuid("hold_id", req.hold_id, "a hold id returned by Reserve"),
+            reason: c.text("reason", req.reason),
+        },
+        idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
+        metadata: None,
+        actor,
+    };
+    c.finish()?;
+    Ok(write)
+}
+
+pub fn get_hold(req: pb::GetHoldRequest) -> Result<(String, String), LedgerError> {
+    let mut c = Checker::default();
+    let user_id = c.id("user_id", req.user_id);
+    let hold_id = c.uuid("hold_id", req.hold_id, "a hold id returned by Reserve");
+    c.finish()?;
+    Ok((user_id, hold_id))
+}
+
+pub fn list_holds(req: pb::ListHoldsRequest) -> Result<HoldQuery, LedgerError> {
+    let mut c = Checker::default();
+    let user_id = c.id("user_id", req.user_id);
+    let page_size = page_size(&mut c, req.page_size);
+    let mut states = Vec::new();
+    for (i, value) in req.states.iter().enumerate() {
+        match from_hold_state(*value) {
+            Some(state) => states.push(state),
+            None => c.require(
+                false,
+                &format!("states[{i}]"),
+                "must be a known hold state other than HOLD_STATE_UNSPECIFIED",
+            ),
+        }
+    }
+    let page_token = (!req.page_token.is_empty()).then_some(req.page_token);
+    c.finish()?;
+    Ok(HoldQuery {
+        user_id,
+        states,
+        page_size,
+        page_token,
+    })
+}
+
+/// AIP-158 page sizes: 0 is the default, above the maximum is the maximum.
+fn page_size(c: &mut Checker, size: i32) -> u64 {
+    c.require(
+        size >= 0,
+        "page_size",
+        "must not be negative (0 means the default of 50)",
+    );
+    match size {
+        0 => DEFAULT_PAGE_SIZE,
+        n => (n.max(0) as u64).min(MAX_PAGE_SIZE),
+    }
 }

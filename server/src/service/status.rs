@@ -174,6 +174,17 @@ impl From<LedgerError> for Status {
             LedgerError::RefundExceedsOriginal { .. } => {
                 (Code::FailedPrecondition, "REFUND_EXCEEDS_ORIGINAL")
             }
+            LedgerError::HoldNotFound { hold_id, .. } => {
+                details.set_resource_info(
+                    "credit.v1.Hold",
+                    hold_id,
+                    "",
+                    "no such hold for this user",
+                );
+                (Code::NotFound, "HOLD_NOT_FOUND")
+            }
+            LedgerError::HoldNotActive { .. } => (Code::FailedPrecondition, "HOLD_NOT_ACTIVE"),
+            LedgerError::HoldExpired { .. } => (Code::FailedPrecondition, "HOLD_EXPIRED"),
             LedgerError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
             LedgerError::Conflict(cause) => {
                 tracing::warn!(reason = "CONFLICT", %cause, "request failed");
@@ -259,6 +270,19 @@ fn error_metadata(err: &LedgerError) -> HashMap<String, String> {
             ("requestedAmount", requested.to_string()),
         ],
         LedgerError::OutcomeUnknown(_) => vec![("writeOutcome", "UNKNOWN".to_owned())],
+        LedgerError::HoldNotFound { user_id, hold_id } => {
+            vec![("userId", user_id.clone()), ("holdId", hold_id.clone())]
+        }
+        LedgerError::HoldNotActive { hold_id, state } => {
+            vec![("holdId", hold_id.clone()), ("state", (*state).to_owned())]
+        }
+        LedgerError::HoldExpired {
+            hold_id,
+            expire_time,
+        } => vec![
+            ("holdId", hold_id.clone()),
+            ("expireTime", expire_time.to_rfc3339()),
+        ],
         _ => vec![],
     };
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()

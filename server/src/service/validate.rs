@@ -67,10 +67,15 @@ impl Checker {
     }
 
     /// A transaction id as this service issues them (a UUID).
-    /// Any spelling of a UUID (upper case, without hyphens, braced, URN) is
-    /// read as the id this service issued: the canonical lower-case,
-    /// hyphenated form it stores.
+    /// A transaction id (see [`Checker::uuid`]).
     pub fn transaction_id(&mut self, field: &str, value: String) -> String {
+        self.uuid(field, value, "a transaction id returned by this service")
+    }
+
+    /// An id this service issued. Any spelling of a UUID (upper case,
+    /// without hyphens, braced, URN) is read as the canonical lower-case,
+    /// hyphenated form it stores.
+    pub fn uuid(&mut self, field: &str, value: String, what: &str) -> String {
         if value.is_empty() {
             self.fail(field, "is required");
             return value;
@@ -78,10 +83,7 @@ impl Checker {
         match uuid::Uuid::try_parse(&value) {
             Ok(id) => id.hyphenated().to_string(),
             Err(_) => {
-                self.fail(
-                    field,
-                    "must be a transaction id returned by this service (a UUID)",
-                );
+                self.fail(field, format!("must be {what} (a UUID)"));
                 value
             }
         }
