@@ -185,9 +185,16 @@ async fn legacy_balances_survive_up_down_up(test_db: &TestDb) -> anyhow::Result<
             _ => (*id, *b),
         })
         .collect();
-    // Step 4 down: the audit columns go, every transaction stays.
+    // Step 5 down: holds go, every transaction and balance stays.
     let transactions = ctx_count(&db).await?;
     let schema = SchemaManager::new(&db);
+    ensure!(schema.has_table("credit_hold").await?);
+    Migrator::down(&db, Some(1)).await?;
+    ensure!(!schema.has_table("credit_hold").await?);
+    ensure!(!schema.has_column("user_balance", "held").await?);
+    ensure!(!schema.has_column("credit_transaction", "hold_id").await?);
+    ensure!(ctx_count(&db).await? == transactions);
+    // Step 4 down: the audit columns go, every transaction stays.
     ensure!(
         schema
             .has_column("credit_transaction", "created_by")

@@ -22,6 +22,7 @@ mod rules;
 mod store;
 mod users;
 pub mod verify;
+mod verify_holds;
 mod write;
 
 pub use balance_reads::ReadStats;

@@ -27,6 +27,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use chrono::{DateTime, Utc};
+
 use sea_orm::sea_query::{Expr, ExprTrait, IntoColumnRef, Query};
 use sea_orm::{
     AccessMode, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
@@ -37,6 +39,7 @@ use sea_orm::{
 use super::error::LedgerError;
 use super::handle::Ledger;
 use super::model::TxKind;
+use super::verify_holds as hold_checks;
 use crate::entity::{credit_transaction as ctx, user, user_balance};
 
 /// Users read per page.
@@ -61,6 +64,8 @@ pub struct VerifyReport {
     pub violations: Vec<Violation>,
     /// Violations found beyond [`MAX_VIOLATIONS`], counted but not kept.
     pub violations_omitted: u64,
+    /// The instant holds are judged at.
+    pub(super) now: Option<DateTime<Utc>>,
 }
 
 /// One broken invariant.
@@ -103,6 +108,19 @@ pub enum ViolationKind {
     RefundExceedsOriginal,
     /// A transaction's `refunded_amount` differs from the sum of its refunds.
     RefundedAmountMismatch,
+    /// `user_balance.held`, `holds_expire_at` or `hold_count` disagree with
+    /// the user's holds.
+    HeldMismatch,
+    /// A hold whose fields contradict its state (closed without a close
+    /// time, captured without its transaction, ...).
+    HoldInvalid,
+    /// A captured hold without exactly one USAGE transaction of its
+    /// captured amount, or a transaction naming a hold that it did not
+    /// capture (a hold closed twice).
+    HoldCaptureMismatch,
+    /// `balance - held < 0` (by the holds not yet expired) with no TOP_UP
+    /// refund to explain it.
+    NegativeAvailable,
 }
 
 impl ViolationKind {
@@ -121,6 +139,10 @@ impl ViolationKind {
             Self::RefundTargetInvalid => "REFUND_TARGET_INVALID",
             Self::RefundExceedsOriginal => "REFUND_EXCEEDS_ORIGINAL",
             Self::RefundedAmountMismatch => "REFUNDED_AMOUNT_MISMATCH",
+            Self::HeldMismatch => "HELD_MISMATCH",
+            Self::HoldInvalid => "HOLD_INVALID",
+            Self::HoldCaptureMismatch => "HOLD_CAPTURE_MISMATCH",
+            Self::NegativeAvailable => "NEGATIVE_AVAILABLE",
         }
     }
 }
@@ -157,7 +179,13 @@ impl VerifyReport {
         self.violations.iter().filter(move |v| v.user_id == user_id)
     }
 
-    fn push(&mut self, user_id: &str, sequence: Option<i64>, kind: ViolationKind, detail: String) {
+    pub(super) fn push(
+        &mut self,
+        user_id: &str,
+        sequence: Option<i64>,
+        kind: ViolationKind,
+        detail: String,
+    ) {
         if self.violations.len() >= MAX_VIOLATIONS {
             self.violations_omitted += 1;
             return;
@@ -210,7 +238,20 @@ impl fmt::Display for VerifyReport {
 /// clean report with `users_checked == 0` (callers may answer NOT_FOUND).
 /// Errors are only the database's: broken data is reported, never an error.
 pub async fn verify(db: &DatabaseConnection, user_id: Option<&str>) -> Result<VerifyReport, DbErr> {
-    let mut report = VerifyReport::default();
+    verify_at(db, user_id, Utc::now()).await
+}
+
+/// [`verify`] with holds judged at `now` (the ledger's clock: an ACTIVE hold
+/// whose expire_time is not after it holds nothing).
+pub async fn verify_at(
+    db: &DatabaseConnection,
+    user_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<VerifyReport, DbErr> {
+    let mut report = VerifyReport {
+        now: Some(now),
+        ..VerifyReport::default()
+    };
     match user_id {
         Some(id) => {
             let exists = user::Entity::find_by_id(id.to_owned())
@@ -352,6 +393,16 @@ async fn check_user_in(
     }
     let targets = load_targets(txn, &walk.refunds).await?;
     walk.check_refunds(&targets, report);
+    let top_up_refunded = walk.refunds.iter().any(|r| {
+        r.target
+            .as_deref()
+            .and_then(|t| targets.get(t))
+            .is_some_and(|t| t.kind == "TOP_UP")
+    });
+    if let Some(account) = &account {
+        let now = report.now.unwrap_or_else(Utc::now);
+        hold_checks::check(txn, account, top_up_refunded, now, report).await?;
+    }
     Ok(())
 }
 
@@ -773,7 +824,7 @@ fn no_user(owner: impl IntoColumnRef) -> Expr {
 impl Ledger {
     /// Checks every invariant of one user's ledger, or of all users'.
     pub async fn verify(&self, user_id: Option<&str>) -> Result<VerifyReport, LedgerError> {
-        verify(self.db(), user_id)
+        verify_at(self.db(), user_id, self.store.clock.now())
             .await
             .map_err(|e| self.store.explain(e.into()))
     }
