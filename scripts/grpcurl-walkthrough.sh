@@ -70,5 +70,20 @@ call "Health" -plaintext -d '{"service": "credit.v1.CreditService"}' "$ADDR" grp
 call "The documentation of a request (reflection serves the proto's comments)" -plaintext \
   "$ADDR" describe credit.v1.SpendRequest
 call "Who made each write (the audit trail; filter by API key name)" -plaintext \
-  -d "{\"user_id\": \"$USER_ID\", \"created_by\": \"anonymous\", \"page_size\": 1}" \
+  -d "{\"user_id\": \"$USER_ID\", \"created_by\": \"anonymous\", \"types\": [\"TRANSACTION_TYPE_TOP_UP\"], \"page_size\": 1}" \
   "$ADDR" credit.v1.CreditService/ListTransactions
+
+# Holds: reserve an estimate, capture the real cost (less), see the balance.
+show "Reserve 50 credits for a run (a hold)" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\", \"amount\": 50, \"ttl\": \"600s\", \"idempotency_key\": \"$USER_ID-hold-1\"}" \
+  "$ADDR" credit.v1.CreditService/Reserve
+reserved="$("$GRPCURL" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\", \"amount\": 50, \"ttl\": \"600s\", \"idempotency_key\": \"$USER_ID-hold-1\"}" \
+  "$ADDR" credit.v1.CreditService/Reserve)"
+printf '%s\n' "$reserved"
+hold_id="$(printf '%s' "$reserved" | sed -n 's/.*"holdId": "\([^"]*\)".*/\1/p' | head -n 1)"
+call "Capture the real cost, 20 (the other 30 are released)" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\", \"hold_id\": \"$hold_id\", \"amount\": 20, \"idempotency_key\": \"$USER_ID-capture-1\"}" \
+  "$ADDR" credit.v1.CreditService/Capture
+call "The balance after the capture" -plaintext -d "{\"user_id\": \"$USER_ID\"}" \
+  "$ADDR" credit.v1.CreditService/GetBalance
