@@ -546,3 +546,41 @@ async fn the_verifier_catches_broken_holds(server: &TestServer) -> anyhow::Resul
     ensure!(kinds().await?.contains(&"NEGATIVE_AVAILABLE".to_owned()));
     Ok(())
 }
+
+/// kill -9 of the server between Reserve and Capture: the hold survives
+/// the restart and can be captured; another survives and expires as
+/// stated (the real binary, its own database file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_survive_kill_9_and_expire_as_stated() -> anyhow::Result<()> {
+    use integration_tests::TestDb;
+    use integration_tests::process::ServerProcess;
+    let db = TestDb::sqlite().await?;
+    let mut server = ServerProcess::start(&db.url, &[]).await?;
+    let mut c = server.client().await?;
+    api::create_user(&mut c, "u").await?;
+    api::top_up(&mut c, "u", 100).await?;
+    let kept = hold_id(&reserve(&mut c, "u", 40, "kept", Some(600)).await?);
+    let short = hold_id(&reserve(&mut c, "u", 30, "short", Some(2)).await?);
+    server.kill()?;
+    server.restart().await?;
+    let mut c = server.client().await?;
+    let b = balance(&mut c, "u").await?;
+    ensure!(b.balance == 100 && b.held >= 40, "after the restart: {b:?}");
+    let captured = capture(&mut c, "u", &kept, 25, "kept-capture").await?;
+    ensure!(captured.balance == 75, "{captured:?}");
+    // The short one expires at its expire_time (with margin), restart or not.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = capture(&mut c, "u", &short, 1, "")
+        .await
+        .expect_err("expired");
+    ensure!(api::reason(&s).as_deref() == Some("HOLD_EXPIRED"), "{s:?}");
+    let b = balance(&mut c, "u").await?;
+    ensure!((b.balance, b.held, b.available) == (75, 0, 75), "{b:?}");
+    let report = c
+        .verify_ledger(pb::VerifyLedgerRequest::default())
+        .await?
+        .into_inner();
+    ensure!(report.clean, "{}", report.report);
+    drop(server);
+    db.drop_database().await
+}
