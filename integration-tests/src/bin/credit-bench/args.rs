@@ -12,7 +12,10 @@ use serde::Serialize;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "credit-bench", version, about)]
 pub struct Args {
-    /// Workloads to run, comma-separated.
+    /// Workloads to run, comma-separated. `reserve-capture` counts one
+    /// Reserve + Capture pair as one operation (its ops/s are pairs/s, its
+    /// latency is per pair), runs on the service only, and next to
+    /// `spend-hot` in the same invocation prints the pair/spend cost ratio.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "spend-hot")]
     pub scenario: Vec<Scenario>,
 
@@ -60,13 +63,15 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub db_max_connections: u32,
 
-    /// Users per target for spend-spread, read and mixed.
+    /// Users per target for spend-spread, read and mixed (spend-hot and
+    /// reserve-capture use one user).
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
 
     /// What to measure, comma-separated: the service, the minimal correct
     /// SQL transaction per operation (`raw`), and the single-statement CTE
-    /// of the system we started from (`peer`, PostgreSQL only).
+    /// of the system we started from (`peer`, PostgreSQL only). Holds have
+    /// no SQL equivalent: reserve-capture runs on `service` only.
     #[arg(
         long,
         value_enum,
@@ -113,15 +118,34 @@ pub enum Scenario {
     Read,
     /// 70% spends, 5% top-ups, 20% balance reads, 5% history pages.
     Mixed,
+    /// Every client, on one user: Reserve 100 credits, then Capture a random
+    /// 1..=120 of that hold (above 100 the excess comes from the available
+    /// balance). One pair is one operation. Service only.
+    ReserveCapture,
 }
 
 impl Scenario {
+    /// Whether the scenario places holds, which the SQL baselines do not
+    /// model: it runs on the service only.
+    pub fn service_only(self) -> bool {
+        self == Scenario::ReserveCapture
+    }
+
+    /// What one counted operation is, for the report's units.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Scenario::ReserveCapture => "pairs",
+            _ => "ops",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::SpendHot => "spend-hot",
             Scenario::SpendSpread => "spend-spread",
             Scenario::Read => "read",
             Scenario::Mixed => "mixed",
+            Scenario::ReserveCapture => "reserve-capture",
         }
     }
 }

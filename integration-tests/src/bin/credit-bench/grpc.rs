@@ -11,7 +11,9 @@ use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::progress::Progress;
-use crate::workload::{HISTORY_PAGE, Op, SEED_BALANCE, SPEND_AMOUNT, TOP_UP_AMOUNT};
+use crate::workload::{
+    self, HISTORY_PAGE, Op, RESERVE_AMOUNT, SEED_BALANCE, SPEND_AMOUNT, TOP_UP_AMOUNT,
+};
 
 pub type Client = CreditServiceClient<Channel>;
 
@@ -31,10 +33,12 @@ pub async fn connect(endpoint: &str, count: usize) -> anyhow::Result<Vec<Client>
     Ok(clients)
 }
 
-/// Performs one operation; the error is the gRPC code's name.
+/// Performs one operation; the error is the gRPC code's name (prefixed
+/// with `reserve:` or `capture:` for the step of a pair that failed).
 pub async fn call(client: &mut Client, op: Op, user: &str) -> Result<(), String> {
     let user_id = user.to_owned();
     let result = match op {
+        Op::ReserveCapture => return reserve_capture(client, user_id).await,
         Op::Spend => client
             .spend(pb::SpendRequest {
                 user_id,
@@ -72,6 +76,49 @@ pub async fn call(client: &mut Client, op: Op, user: &str) -> Result<(), String>
             .map(drop),
     };
     result.map_err(|status| code_name(status.code()))
+}
+
+/// One Reserve of the estimate, then a Capture of that hold for a random
+/// 1..=1.2x of it; each call has its own fresh idempotency key, as a spend
+/// does. A failed Capture leaves the hold active: the check after the run
+/// then finds `held` above zero.
+async fn reserve_capture(client: &mut Client, user_id: String) -> Result<(), String> {
+    let amount = workload::capture_amount(&mut rand::rng());
+    let reserved = client
+        .reserve(pb::ReserveRequest {
+            user_id: user_id.clone(),
+            amount: RESERVE_AMOUNT,
+            idempotency_key: fresh_key(),
+            // The server's default TTL: far longer than a pair.
+            expiry: None,
+            usage: Some(pb::UsageDetails {
+                graph_exec_id: "bench".to_owned(),
+                reason: "bench reserve".to_owned(),
+                ..Default::default()
+            }),
+            metadata: None,
+        })
+        .await
+        .map_err(|status| format!("reserve:{}", code_name(status.code())))?
+        .into_inner();
+    let hold_id = reserved
+        .hold
+        .map(|hold| hold.hold_id)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| "reserve:NO_HOLD_IN_ANSWER".to_owned())?;
+    client
+        .capture(pb::CaptureRequest {
+            user_id,
+            hold_id,
+            amount,
+            idempotency_key: fresh_key(),
+            // The hold's usage.
+            usage: None,
+            metadata: None,
+        })
+        .await
+        .map(drop)
+        .map_err(|status| format!("capture:{}", code_name(status.code())))
 }
 
 /// A unique idempotency key: every benchmark call is a new request.

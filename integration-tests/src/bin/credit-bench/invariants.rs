@@ -8,7 +8,10 @@
 //! - each running_balance == the previous one (opening_balance for the
 //!   first) + amount, and never below zero (the benchmark never refunds a
 //!   top-up, the one case allowed to go negative);
-//! - balance >= 0.
+//! - balance >= 0;
+//! - after reserve-capture, where every pair captured its hold: held == 0,
+//!   no hold in a state other than CAPTURED, and hold_count == the captured
+//!   holds == the transactions that name a hold (one USAGE row per capture).
 //!
 //! Without the database (an existing server and no --database-url), the
 //! same through the API, except the opening balance, which it does not show.
@@ -29,11 +32,13 @@ pub struct Report {
     pub violations: Vec<String>,
 }
 
-/// Checks every user whose id starts with `prefix` (there are `expected`).
+/// Checks every user whose id starts with `prefix` (there are `expected`);
+/// with `holds`, also that every hold was captured.
 pub async fn check_sql(
     db: &DatabaseConnection,
     prefix: &str,
     expected: usize,
+    holds: bool,
 ) -> anyhow::Result<Report> {
     let backend = db.get_database_backend();
     let like = Value::from(format!("{prefix}%"));
@@ -109,7 +114,11 @@ pub async fn check_sql(
         ));
     }
     for row in db
-        .query_all_raw(Statement::from_sql_and_values(backend, chain, [like]))
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            chain,
+            [like.clone()],
+        ))
         .await
         .context("invariant query (running balances) failed")?
     {
@@ -123,10 +132,57 @@ pub async fn check_sql(
             get("amount")?,
         ));
     }
+    if holds {
+        violations.extend(check_holds_sql(db, like).await?);
+    }
     Ok(Report {
         users_checked: users_checked.max(0) as u64,
         violations,
     })
+}
+
+/// After reserve-capture: nothing held, every hold CAPTURED, and exactly one
+/// transaction naming a hold per captured hold.
+async fn check_holds_sql(db: &DatabaseConnection, like: Value) -> anyhow::Result<Vec<String>> {
+    let backend = db.get_database_backend();
+    let int = match backend {
+        DbBackend::MySql => "SIGNED",
+        _ => "BIGINT",
+    };
+    let sql = format!(
+        "SELECT b.user_id, b.held, b.hold_count,
+                CAST((SELECT COUNT(*) FROM credit_hold h
+                       WHERE h.user_id = b.user_id AND h.state = 'CAPTURED') AS {int}) AS captured,
+                CAST((SELECT COUNT(*) FROM credit_hold h
+                       WHERE h.user_id = b.user_id AND h.state <> 'CAPTURED') AS {int}) AS other,
+                CAST((SELECT COUNT(*) FROM credit_transaction t
+                       WHERE t.user_id = b.user_id AND t.hold_id IS NOT NULL) AS {int}) AS linked
+           FROM user_balance b
+          WHERE b.user_id LIKE {p}",
+        p = placeholder(backend),
+    );
+    let mut violations = Vec::new();
+    for row in db
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, [like]))
+        .await
+        .context("invariant query (holds) failed")?
+    {
+        let user: String = row.try_get("", "user_id")?;
+        let get = |col: &str| row.try_get::<i64>("", col);
+        let (held, count) = (get("held")?, get("hold_count")?);
+        let (captured, other, linked) = (get("captured")?, get("other")?, get("linked")?);
+        if held != 0 || other != 0 || count != captured || linked != captured {
+            violations.push(format!(
+                "{user}: after every pair completed, held {held} (expected 0), {other} holds not \
+                 CAPTURED, hold_count {count}, {captured} captured holds, {linked} transactions \
+                 naming a hold"
+            ));
+        }
+        if violations.len() as u64 >= SHOWN {
+            break;
+        }
+    }
+    Ok(violations)
 }
 
 fn placeholder(backend: DbBackend) -> &'static str {
@@ -136,12 +192,13 @@ fn placeholder(backend: DbBackend) -> &'static str {
     }
 }
 
-/// The same checks through the API, for `users`, 16 at a time.
-pub async fn check_api(client: &Client, users: &[String]) -> anyhow::Result<Report> {
+/// The same checks through the API, for `users`, 16 at a time; with
+/// `holds`, also that nothing is held (GetBalance's `held`).
+pub async fn check_api(client: &Client, users: &[String], holds: bool) -> anyhow::Result<Report> {
     let results = futures::stream::iter(users)
         .map(|user| {
             let mut client = client.clone();
-            async move { check_user(&mut client, user).await }
+            async move { check_user(&mut client, user, holds).await }
         })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
@@ -156,7 +213,11 @@ pub async fn check_api(client: &Client, users: &[String]) -> anyhow::Result<Repo
     })
 }
 
-async fn check_user(client: &mut Client, user: &str) -> anyhow::Result<Option<String>> {
+async fn check_user(
+    client: &mut Client,
+    user: &str,
+    holds: bool,
+) -> anyhow::Result<Option<String>> {
     let balance = client
         .get_balance(pb::GetBalanceRequest {
             user_id: user.to_owned(),
@@ -170,6 +231,12 @@ async fn check_user(client: &mut Client, user: &str) -> anyhow::Result<Option<St
     let mut page_token = String::new();
     if balance.balance < 0 {
         return Ok(Some(format!("{user}: balance {} < 0", balance.balance)));
+    }
+    if holds && balance.held != 0 {
+        return Ok(Some(format!(
+            "{user}: held {} after every pair completed (expected 0; available {})",
+            balance.held, balance.available
+        )));
     }
     loop {
         let page = client

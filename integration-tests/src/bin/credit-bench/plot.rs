@@ -1,5 +1,6 @@
 //! `--plot FILE.svg`: throughput and p99 against client count, one line per
-//! scenario and target, two charts side by side.
+//! scenario and target, two charts side by side. A reserve-capture line
+//! counts pairs (one Reserve + one Capture) and their latency, labelled so.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +21,7 @@ pub fn draw(path: &Path, title: &str, results: &[RunResult]) -> anyhow::Result<(
     let mut lines: BTreeMap<(&'static str, TargetKind), Series> = BTreeMap::new();
     for r in results {
         lines
-            .entry((r.scenario.name(), r.target))
+            .entry((line_name(r.scenario), r.target))
             .or_default()
             .push((r.clients as f64, r.ops_per_sec, r.latency_ms.p99));
     }
@@ -70,7 +71,17 @@ fn render(
     };
     let x_ticks = max_x.ceil() as usize + 2;
     let mut throughput = ChartBuilder::on(&left)
-        .caption("throughput (ops/s)", ("sans-serif", 16))
+        .caption(
+            if lines
+                .keys()
+                .any(|k| k.0 == line_name(Scenario::ReserveCapture))
+            {
+                "throughput (ops/s; reserve-capture: pairs/s)"
+            } else {
+                "throughput (ops/s)"
+            },
+            ("sans-serif", 16),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -141,6 +152,14 @@ fn render(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// A line's name in the legend.
+fn line_name(scenario: Scenario) -> &'static str {
+    match scenario {
+        Scenario::ReserveCapture => "reserve-capture (pairs)",
+        other => other.name(),
+    }
 }
 
 /// Service red, raw blue, peer green: the same in every plot.

@@ -1,5 +1,5 @@
-//! Results: one row per run, the service/raw and service/peer ratios, and
-//! the JSON document.
+//! Results: one row per run, the service/raw and service/peer ratios, the
+//! reserve+capture pair / spend cost ratios, and the JSON document.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -156,12 +156,52 @@ pub fn ratios(results: &[RunResult]) -> Vec<Ratio> {
     out
 }
 
+/// What a reserve+capture pair costs against one spend on a hot account:
+/// a reserve-capture run next to the spend-hot run of the same target and
+/// client count in the same invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairRatio {
+    pub clients: usize,
+    pub target: TargetKind,
+    pub spend_ops_per_sec: f64,
+    pub pairs_per_sec: f64,
+    /// Pair time over spend time: spend ops/s over pairs/s (2.0 = a pair
+    /// costs two spends).
+    pub pair_over_spend: f64,
+    /// The pair's p99 over the spend's.
+    pub p99: f64,
+}
+
+/// Every pair/spend ratio the results allow.
+pub fn pair_ratios(results: &[RunResult]) -> Vec<PairRatio> {
+    let mut out = Vec::new();
+    for pair in results
+        .iter()
+        .filter(|r| r.scenario == Scenario::ReserveCapture)
+    {
+        let spend = results.iter().find(|r| {
+            r.scenario == Scenario::SpendHot && r.target == pair.target && r.clients == pair.clients
+        });
+        if let Some(spend) = spend.filter(|_| pair.ops_per_sec > 0.0) {
+            out.push(PairRatio {
+                clients: pair.clients,
+                target: pair.target,
+                spend_ops_per_sec: spend.ops_per_sec,
+                pairs_per_sec: pair.ops_per_sec,
+                pair_over_spend: spend.ops_per_sec / pair.ops_per_sec,
+                p99: pair.latency_ms.p99 / spend.latency_ms.p99.max(1e-3),
+            });
+        }
+    }
+    out
+}
+
 /// The human-readable table and ratio lines.
 pub fn render(results: &[RunResult], notes: &[String]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<13} {:<8} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5}  errors",
+        "{:<15} {:<8} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5}  errors",
         "scenario",
         "target",
         "clients",
@@ -189,7 +229,7 @@ pub fn render(results: &[RunResult], notes: &[String]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<13} {:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>5}  {errors}",
+            "{:<15} {:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>5}  {errors}",
             r.scenario.name(),
             r.target.name(),
             r.clients,
@@ -206,7 +246,7 @@ pub fn render(results: &[RunResult], notes: &[String]) -> String {
         for (op, stats) in &r.by_op {
             let _ = writeln!(
                 out,
-                "{:<13} {:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                "{:<15} {:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
                 format!("  {op}"),
                 "",
                 "",
@@ -233,6 +273,39 @@ pub fn render(results: &[RunResult], notes: &[String]) -> String {
             ratio.throughput,
             ratio.p99,
         );
+    }
+    let pair_ratios = pair_ratios(results);
+    let pairs: Vec<&RunResult> = results
+        .iter()
+        .filter(|r| r.scenario == Scenario::ReserveCapture)
+        .collect();
+    if !pairs.is_empty() {
+        out.push('\n');
+    }
+    for pair in pairs {
+        match pair_ratios
+            .iter()
+            .find(|p| p.clients == pair.clients && p.target == pair.target)
+        {
+            Some(p) => {
+                let _ = writeln!(
+                    out,
+                    "reserve-capture @ {} clients: pair/spend = {:.2}x time \
+                     (spend-hot {:.0} ops/s / reserve-capture {:.0} pairs/s), {:.2}x p99",
+                    p.clients, p.pair_over_spend, p.spend_ops_per_sec, p.pairs_per_sec, p.p99,
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "reserve-capture @ {} clients: no pair/spend ratio (needs a spend-hot {} run \
+                     at {} clients in the same invocation: --scenario spend-hot,reserve-capture)",
+                    pair.clients,
+                    pair.target.name(),
+                    pair.clients,
+                );
+            }
+        }
     }
     for r in results
         .iter()
@@ -273,7 +346,59 @@ pub struct Document<'a> {
     pub users: usize,
     pub runs: &'a [RunResult],
     pub ratios: Vec<Ratio>,
+    /// Reserve+capture pair time over spend time (reserve-capture next to
+    /// spend-hot).
+    pub pair_ratios: Vec<PairRatio>,
     pub server_peak_rss_mb: Option<f64>,
     pub notes: &'a [String],
     pub passed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(scenario: Scenario, clients: usize, ops_per_sec: f64, p99: f64) -> RunResult {
+        RunResult {
+            scenario,
+            target: TargetKind::Service,
+            clients,
+            ops: 0,
+            seconds: 1.0,
+            ops_per_sec,
+            latency_ms: Latency {
+                p50: p99,
+                p90: p99,
+                p99,
+                max: p99,
+                mean: p99,
+            },
+            by_op: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            server_peak_rss_mb: None,
+            other_cpu_percent: None,
+            users_checked: 1,
+            invariant_violations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn pair_over_spend_matches_runs_by_client_count() {
+        let results = [
+            run(Scenario::SpendHot, 1, 1000.0, 1.0),
+            run(Scenario::SpendHot, 64, 12000.0, 10.0),
+            run(Scenario::ReserveCapture, 1, 500.0, 2.0),
+            run(Scenario::ReserveCapture, 64, 4000.0, 40.0),
+            run(Scenario::ReserveCapture, 8, 3000.0, 5.0),
+        ];
+        let ratios = pair_ratios(&results);
+        assert_eq!(ratios.len(), 2);
+        assert_eq!(ratios[0].clients, 1);
+        assert!((ratios[0].pair_over_spend - 2.0).abs() < 1e-9);
+        assert!((ratios[1].pair_over_spend - 3.0).abs() < 1e-9);
+        assert!((ratios[1].p99 - 4.0).abs() < 1e-9);
+        let text = render(&results, &[]);
+        assert!(text.contains("reserve-capture @ 1 clients: pair/spend = 2.00x"));
+        assert!(text.contains("reserve-capture @ 8 clients: no pair/spend ratio"));
+    }
 }

@@ -91,13 +91,15 @@ pub async fn measure(
     }
 
     let total = spec.duration;
+    // A reserve-capture operation is a pair of calls: say so in the line.
+    let unit = workload.scenario.unit();
     let ticker = async {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = Instant::now();
             let ops = counted.load(Ordering::Relaxed);
             let secs = (now - started).as_secs_f64().max(1e-3);
-            let message = format!("{ops} ops, {:.0}/s", ops as f64 / secs);
+            let message = format!("{ops} {unit}, {:.0}/s", ops as f64 / secs);
             let position = (now - started).min(total).as_millis() as u64;
             progress.set(position, message);
         }

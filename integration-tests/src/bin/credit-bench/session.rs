@@ -128,6 +128,33 @@ fn targets(args: &Args, env: &Env, scenario: Scenario, notes: &mut Vec<String>) 
     let mut kinds = args.targets.clone();
     kinds.sort();
     kinds.dedup();
+    if scenario.service_only() {
+        let skipped: Vec<&str> = kinds
+            .iter()
+            .filter(|k| **k != TargetKind::Service)
+            .map(|k| k.name())
+            .collect();
+        if !skipped.is_empty() {
+            note(
+                notes,
+                format!(
+                    "{}: skipped for {} (holds have no SQL equivalent; it runs on the service only)",
+                    skipped.join(", "),
+                    scenario.name()
+                ),
+            );
+        }
+        if !kinds.contains(&TargetKind::Service) {
+            note(
+                notes,
+                format!(
+                    "{}: not run (service only, and --targets has no service)",
+                    scenario.name()
+                ),
+            );
+        }
+        kinds.retain(|k| *k == TargetKind::Service);
+    }
     for kind in kinds {
         match (kind, &env.sql) {
             (TargetKind::Service, _) => out.push((kind, Target::Service(env.clients.clone()))),
@@ -203,9 +230,16 @@ async fn warm_up(
     );
     runner::measure(target, workload.clone(), spec, &bar).await?;
     if let Some(db) = db {
-        let sql = match db.get_database_backend() {
-            DbBackend::Postgres => "ANALYZE user_balance, credit_transaction",
-            DbBackend::MySql => "ANALYZE TABLE user_balance, credit_transaction",
+        // Holds are looked up by key and by id: their table needs
+        // statistics as much as the ledger's once a scenario places them.
+        let holds = workload.scenario == Scenario::ReserveCapture;
+        let sql = match (db.get_database_backend(), holds) {
+            (DbBackend::Postgres, false) => "ANALYZE user_balance, credit_transaction",
+            (DbBackend::Postgres, true) => "ANALYZE user_balance, credit_transaction, credit_hold",
+            (DbBackend::MySql, false) => "ANALYZE TABLE user_balance, credit_transaction",
+            (DbBackend::MySql, true) => {
+                "ANALYZE TABLE user_balance, credit_transaction, credit_hold"
+            }
             _ => "ANALYZE",
         };
         db.execute_unprepared(sql)
@@ -302,18 +336,23 @@ async fn bench(
                         server.log_tail()
                     );
                 }
+                // Every pair captured its hold: none may be left active.
+                let holds = scenario == Scenario::ReserveCapture;
                 let check = match &env.check_db {
-                    Some(db) => invariants::check_sql(db, prefix, workload.users.len()).await?,
-                    None => invariants::check_api(&env.clients[0], &workload.users).await?,
+                    Some(db) => {
+                        invariants::check_sql(db, prefix, workload.users.len(), holds).await?
+                    }
+                    None => invariants::check_api(&env.clients[0], &workload.users, holds).await?,
                 };
                 result.users_checked = check.users_checked;
                 result.invariant_violations = check.violations;
                 if !args.json && !progress {
                     eprintln!(
-                        "{} {} x{clients}: {:.0} ops/s, p99 {:.2} ms",
+                        "{} {} x{clients}: {:.0} {}/s, p99 {:.2} ms",
                         scenario.name(),
                         kind.name(),
                         result.ops_per_sec,
+                        scenario.unit(),
                         result.latency_ms.p99
                     );
                 }
@@ -327,6 +366,18 @@ async fn bench(
             "invariants checked through the API (no database URL): the opening balance is \
              not visible there"
                 .to_owned(),
+        );
+    }
+
+    if args.scenario.contains(&Scenario::ReserveCapture) {
+        note(
+            &mut notes,
+            format!(
+                "reserve-capture: one op is one Reserve of {} + one Capture of 1..={} (ops/s are \
+                 pairs/s, latencies are per pair); held must be 0 after each run",
+                workload::RESERVE_AMOUNT,
+                workload::CAPTURE_MAX
+            ),
         );
     }
 
@@ -358,6 +409,7 @@ async fn bench(
             warmup_secs: args.warmup.as_secs_f64(),
             users: args.users,
             ratios: report::ratios(&results),
+            pair_ratios: report::pair_ratios(&results),
             server_peak_rss_mb: results
                 .iter()
                 .filter_map(|r| r.server_peak_rss_mb)

@@ -13,6 +13,12 @@ pub const SPEND_AMOUNT: i64 = 1;
 pub const TOP_UP_AMOUNT: i64 = 100;
 /// Rows per history page in the mixed scenario.
 pub const HISTORY_PAGE: i32 = 50;
+/// What a reserve-capture pair holds: the estimate of the work's cost.
+pub const RESERVE_AMOUNT: i64 = 100;
+/// The most a pair's Capture charges: 1.2x the estimate, so about one
+/// capture in six takes the excess from the available balance. The least is
+/// 1: a Capture of 0 would be a release and write no transaction.
+pub const CAPTURE_MAX: i64 = RESERVE_AMOUNT * 6 / 5;
 
 /// One call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,10 +27,20 @@ pub enum Op {
     TopUp,
     Read,
     History,
+    /// A Reserve of `RESERVE_AMOUNT`, then a Capture of that hold for
+    /// 1..=`CAPTURE_MAX`: one operation, timed from the Reserve's request
+    /// to the Capture's answer.
+    ReserveCapture,
 }
 
 impl Op {
-    pub const ALL: [Op; 4] = [Op::Spend, Op::TopUp, Op::Read, Op::History];
+    pub const ALL: [Op; 5] = [
+        Op::Spend,
+        Op::TopUp,
+        Op::Read,
+        Op::History,
+        Op::ReserveCapture,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -32,6 +48,7 @@ impl Op {
             Op::TopUp => "top-up",
             Op::Read => "read",
             Op::History => "history",
+            Op::ReserveCapture => "reserve+capture",
         }
     }
 
@@ -54,6 +71,7 @@ impl Workload {
         let op = match self.scenario {
             Scenario::SpendHot | Scenario::SpendSpread => Op::Spend,
             Scenario::Read => Op::Read,
+            Scenario::ReserveCapture => Op::ReserveCapture,
             // Metered calls dominate; reads and history pages are what
             // dashboards add; top-ups are rare.
             Scenario::Mixed => match rng.random_range(0..100) {
@@ -67,10 +85,15 @@ impl Workload {
     }
 }
 
+/// The amount a pair's Capture charges: uniform in 1..=`CAPTURE_MAX`.
+pub fn capture_amount(rng: &mut impl Rng) -> i64 {
+    rng.random_range(1..=CAPTURE_MAX)
+}
+
 /// How many users a scenario needs per target.
 pub fn user_count(scenario: Scenario, users: usize) -> usize {
     match scenario {
-        Scenario::SpendHot => 1,
+        Scenario::SpendHot | Scenario::ReserveCapture => 1,
         _ => users,
     }
 }
@@ -85,4 +108,20 @@ pub fn user_prefix(run_id: &str, scenario: Scenario, target: TargetKind) -> Stri
 /// The ids of a target's users.
 pub fn user_ids(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn captures_stay_within_one_to_1_2x_the_estimate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let amounts: Vec<i64> = (0..10_000).map(|_| capture_amount(&mut rng)).collect();
+        assert_eq!(CAPTURE_MAX, 120);
+        assert!(amounts.iter().all(|a| (1..=CAPTURE_MAX).contains(a)));
+        assert!(amounts.iter().any(|a| *a > RESERVE_AMOUNT));
+        assert!(amounts.iter().any(|a| *a < RESERVE_AMOUNT));
+    }
 }

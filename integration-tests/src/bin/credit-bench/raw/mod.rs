@@ -67,6 +67,9 @@ impl SqlTarget {
             }
             Op::Read => Work::Read(user),
             Op::History => Work::History(user),
+            // Holds have no SQL baseline; the session never runs a
+            // reserve-capture workload on a SQL target.
+            Op::ReserveCapture => return Err("UNSUPPORTED".to_owned()),
         };
         let result = match self {
             Self::Postgres(pool) => postgres::run(pool, style, work).await,
