@@ -471,6 +471,14 @@ async fn access_log_is_json_and_keeps_keys_out(db: &TestDb) -> anyhow::Result<()
             "{no_key:?}"
         );
 
+        // Log lines are written by a thread of their own: wait (bounded)
+        // for the last call's access line before reading them all.
+        let waited = Instant::now();
+        while !server.stderr_text().contains("req-obs-3")
+            && waited.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let text = server.stderr_text();
         ensure!(!text.contains("\x1b["), "ANSI escape codes in the log");
         for key in [ADMIN, SERVICE, READER] {
@@ -532,11 +540,15 @@ async fn access_log_is_json_and_keeps_keys_out(db: &TestDb) -> anyhow::Result<()
     drop(server);
 
     // The access log off (and the text format): the calls leave no line.
-    let quiet = ServerProcess::start_with_env(&db.url, &["--access-log=false"], &no_color).await?;
+    let mut quiet =
+        ServerProcess::start_with_env(&db.url, &["--access-log=false"], &no_color).await?;
     let result = async {
         let mut c = quiet.client().await?;
         ensure!(api::balance(&mut c, "obs-user").await? == 5);
         ensure!(api::balance(&mut c, "nobody").await.is_err());
+        // Every line is written once the server has exited.
+        quiet.terminate()?;
+        quiet.wait_exit(Duration::from_secs(10)).await?;
         let text = quiet.stderr_text();
         ensure!(
             text.contains("credit-server ready"),

@@ -8,20 +8,23 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Keeps the OTLP exporter alive; [`Telemetry::shutdown`] flushes it.
-#[derive(Default)]
+/// Keeps the log writer and the OTLP exporter alive;
+/// [`Telemetry::shutdown`] flushes both.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    _log_writer: WorkerGuard,
 }
 
 impl Telemetry {
-    /// Sends the spans still buffered.
+    /// Sends the spans still buffered; dropping the guard writes the log
+    /// lines still queued.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider
             && let Err(err) = provider.shutdown()
@@ -31,14 +34,24 @@ impl Telemetry {
     }
 }
 
+/// Log lines queued for the writer thread before a logging call waits.
+const LOG_QUEUE_LINES: usize = 64 * 1024;
+
 /// Installs the global subscriber. With `otlp_endpoint`
 /// (`http://HOST:4317`), spans are also exported there in batches (must be
 /// called inside a tokio runtime then).
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
+    // Lines are written by a thread of their own, so a request never waits
+    // on a write(2) of its access line; the queue is bounded and never
+    // drops a line (a full queue makes the logging call wait instead).
+    let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(false)
+        .finish(std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
@@ -51,7 +64,10 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
             .with_span_list(false)
             .boxed(),
     };
-    let mut telemetry = Telemetry::default();
+    let mut telemetry = Telemetry {
+        provider: None,
+        _log_writer: guard,
+    };
     let otel = match otlp_endpoint {
         None => None,
         Some(endpoint) => {
