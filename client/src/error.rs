@@ -5,8 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
+
+use crate::HoldState;
 
 /// The `ErrorInfo.domain` of every error the credit service returns.
 pub const ERROR_DOMAIN: &str = "credit.v1";
@@ -116,6 +119,31 @@ pub enum Error {
         /// The amount asked for.
         requested: i64,
     },
+    /// The user has no hold with this id.
+    #[error("hold {hold_id:?} of user {user_id:?} not found")]
+    HoldNotFound {
+        /// The user asked about.
+        user_id: String,
+        /// The hold asked for.
+        hold_id: String,
+    },
+    /// The hold was already captured or released.
+    #[error("hold {hold_id} is {state}, not active")]
+    HoldNotActive {
+        /// The hold.
+        hold_id: String,
+        /// Its state.
+        state: HoldState,
+    },
+    /// The hold's expire time passed before it was captured or released;
+    /// its credits are available again.
+    #[error("hold {hold_id} expired at {}", expire_time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))]
+    HoldExpired {
+        /// The hold.
+        hold_id: String,
+        /// When it expired.
+        expire_time: DateTime<Utc>,
+    },
     /// A concurrent write conflicted, on every attempt; retry later with the
     /// same idempotency key.
     #[error("conflict: {message}")]
@@ -195,11 +223,13 @@ impl Error {
         match self {
             Self::InvalidArgument { .. } | Self::BalanceOverflow { .. } => Code::InvalidArgument,
             Self::InvalidInput(_) => Code::InvalidArgument,
-            Self::NotFound { .. } => Code::NotFound,
+            Self::NotFound { .. } | Self::HoldNotFound { .. } => Code::NotFound,
             Self::AlreadyExists { .. } | Self::IdempotencyKeyReused { .. } => Code::AlreadyExists,
             Self::InsufficientBalance { .. }
             | Self::NotRefundable { .. }
-            | Self::RefundExceedsOriginal { .. } => Code::FailedPrecondition,
+            | Self::RefundExceedsOriginal { .. }
+            | Self::HoldNotActive { .. }
+            | Self::HoldExpired { .. } => Code::FailedPrecondition,
             Self::Conflict { .. } => Code::Aborted,
             Self::Overloaded { .. } => Code::ResourceExhausted,
             Self::Unavailable { .. } | Self::Connect { .. } => Code::Unavailable,
@@ -247,6 +277,9 @@ impl Error {
             Self::BalanceOverflow { .. } => "BALANCE_OVERFLOW",
             Self::NotRefundable { .. } => "NOT_REFUNDABLE",
             Self::RefundExceedsOriginal { .. } => "REFUND_EXCEEDS_ORIGINAL",
+            Self::HoldNotFound { .. } => "HOLD_NOT_FOUND",
+            Self::HoldNotActive { .. } => "HOLD_NOT_ACTIVE",
+            Self::HoldExpired { .. } => "HOLD_EXPIRED",
             Self::Conflict { .. } => "CONFLICT",
             Self::Overloaded { .. } => "OVERLOADED",
             Self::Unauthenticated { .. } => "UNAUTHENTICATED",
@@ -301,6 +334,23 @@ impl Error {
             } => vec![
                 ("refundableAmount", refundable.to_string()),
                 ("requestedAmount", requested.to_string()),
+            ],
+            Self::HoldNotFound { user_id, hold_id } => {
+                vec![("userId", user_id.clone()), ("holdId", hold_id.clone())]
+            }
+            Self::HoldNotActive { hold_id, state } => vec![
+                ("holdId", hold_id.clone()),
+                ("state", state.as_str().to_ascii_uppercase()),
+            ],
+            Self::HoldExpired {
+                hold_id,
+                expire_time,
+            } => vec![
+                ("holdId", hold_id.clone()),
+                (
+                    "expireTime",
+                    expire_time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                ),
             ],
             _ => vec![],
         };
@@ -381,6 +431,20 @@ fn from_reason(
         "REFUND_EXCEEDS_ORIGINAL" => Error::RefundExceedsOriginal {
             refundable: number("refundableAmount")?,
             requested: number("requestedAmount")?,
+        },
+        "HOLD_NOT_FOUND" => Error::HoldNotFound {
+            user_id: text("userId")?,
+            hold_id: text("holdId")?,
+        },
+        "HOLD_NOT_ACTIVE" => Error::HoldNotActive {
+            hold_id: text("holdId")?,
+            state: text("state")?.parse().ok()?,
+        },
+        "HOLD_EXPIRED" => Error::HoldExpired {
+            hold_id: text("holdId")?,
+            expire_time: DateTime::parse_from_rfc3339(&text("expireTime")?)
+                .ok()?
+                .with_timezone(&Utc),
         },
         "PERMISSION_DENIED" => Error::PermissionDenied { message },
         "UNAUTHENTICATED" => Error::Unauthenticated { message },
@@ -482,6 +546,43 @@ mod tests {
         let meta = err.metadata();
         assert_eq!(meta["availableBalance"], "40");
         assert_eq!(meta["requestedAmount"], "100");
+    }
+
+    #[test]
+    fn hold_reasons_are_typed() {
+        let err = Error::from_status(status(
+            Code::NotFound,
+            "HOLD_NOT_FOUND",
+            &[("userId", "u"), ("holdId", "h")],
+        ));
+        assert!(
+            matches!(&err, Error::HoldNotFound { user_id, hold_id } if user_id == "u" && hold_id == "h")
+        );
+        assert_eq!(err.reason(), Some("HOLD_NOT_FOUND"));
+        assert_eq!(err.code(), Code::NotFound);
+        let err = Error::from_status(status(
+            Code::FailedPrecondition,
+            "HOLD_NOT_ACTIVE",
+            &[("holdId", "h"), ("state", "CAPTURED")],
+        ));
+        assert!(matches!(
+            err,
+            Error::HoldNotActive {
+                state: HoldState::Captured,
+                ..
+            }
+        ));
+        assert_eq!(err.metadata()["state"], "CAPTURED");
+        let err = Error::from_status(status(
+            Code::FailedPrecondition,
+            "HOLD_EXPIRED",
+            &[("holdId", "h"), ("expireTime", "2030-01-02T03:04:05+00:00")],
+        ));
+        let Error::HoldExpired { expire_time, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(expire_time.to_rfc3339(), "2030-01-02T03:04:05+00:00");
+        assert_eq!(err.to_string(), "hold h expired at 2030-01-02T03:04:05Z");
     }
 
     #[test]

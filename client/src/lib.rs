@@ -12,6 +12,10 @@
 //!   bounded, jittered exponential backoff. The server applies a key once
 //!   and answers a repeat with the original transaction, so a retry never
 //!   charges twice.
+//! - Holds for work whose cost is known only afterwards:
+//!   [`CreditClient::reserve`] an estimate, [`CreditClient::capture`] the
+//!   real cost (or [`CreditClient::release`]); a hold nobody settles
+//!   expires by itself.
 //! - [`CreditClient::verify_ledger`]: the server's check of the ledger's
 //!   invariants (admin).
 //! - Typed errors ([`Error`]) read from the server's `google.rpc` details.
@@ -58,6 +62,7 @@ mod client;
 mod config;
 mod error;
 mod history;
+mod holds;
 mod metadata;
 mod model;
 mod retry;
@@ -71,6 +76,7 @@ pub use config::{
 };
 pub use error::{ERROR_DOMAIN, Error, FieldViolation, Subject};
 pub use history::{ListTransactions, Page};
+pub use holds::{Capture, Hold, HoldPage, HoldReceipt, HoldState, ListHolds, Release, Reserve};
 pub use metadata::Metadata;
 pub use model::{Balance, Receipt, Transaction, TransactionType, Usage, User};
 pub use retry::RetryPolicy;
@@ -96,6 +102,11 @@ pub const RPC_METHODS: &[(&str, &str)] = &[
     ("GetTransaction", "get_transaction"),
     ("ListTransactions", "list_transactions"),
     ("VerifyLedger", "verify_ledger"),
+    ("Reserve", "reserve"),
+    ("Capture", "capture"),
+    ("Release", "release"),
+    ("GetHold", "get_hold"),
+    ("ListHolds", "list_holds"),
 ];
 
 /// The generated `credit.v1` messages and client, for what this crate does
@@ -130,6 +141,11 @@ mod tests {
             get_transaction("u", "tx"),
             list_transactions("u"),
             verify_ledger(),
+            reserve("u", 1),
+            capture("u", "hold", 1),
+            release("u", "hold"),
+            get_hold("u", "hold"),
+            list_holds("u"),
         );
         for (rpc, method) in RPC_METHODS {
             assert!(

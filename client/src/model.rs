@@ -49,6 +49,12 @@ pub struct Balance {
     /// The sequence number of the user's latest transaction (0 if none).
     #[serde(serialize_with = "proto_json::int64")]
     pub last_sequence: i64,
+    /// Credits earmarked by active holds that have not expired.
+    #[serde(serialize_with = "proto_json::int64")]
+    pub held: i64,
+    /// What spends and reserves may use: `balance - held`.
+    #[serde(serialize_with = "proto_json::int64")]
+    pub available: i64,
 }
 
 /// The kind of a balance change.
@@ -291,6 +297,9 @@ pub struct Transaction {
     /// The writer's TLS client-certificate subject, if it presented one.
     #[serde(serialize_with = "proto_json::string")]
     pub created_by_certificate_subject: Option<String>,
+    /// For the usage transaction of a capture, the hold it settled.
+    #[serde(serialize_with = "proto_json::string")]
+    pub hold_id: Option<String>,
 }
 
 /// The answer to every write: the applied transaction and the balance right
@@ -328,6 +337,8 @@ impl TryFrom<pb::GetBalanceResponse> for Balance {
             user_id: b.user_id,
             balance: b.balance,
             last_sequence: b.last_sequence,
+            held: b.held,
+            available: b.available,
         })
     }
 }
@@ -352,6 +363,7 @@ impl TryFrom<pb::Transaction> for Transaction {
             refunded_amount: t.refunded_amount,
             created_by: non_empty(t.created_by),
             created_by_certificate_subject: non_empty(t.created_by_certificate_subject),
+            hold_id: non_empty(t.hold_id),
         })
     }
 }
@@ -394,7 +406,7 @@ pub(crate) fn required<T>(value: Option<T>, field: &str) -> Result<T, Error> {
 }
 
 /// A wire timestamp as a `chrono` time.
-fn time(t: Option<prost_types::Timestamp>, field: &str) -> Result<DateTime<Utc>, Error> {
+pub(crate) fn time(t: Option<prost_types::Timestamp>, field: &str) -> Result<DateTime<Utc>, Error> {
     let t = required(t, field)?;
     u32::try_from(t.nanos)
         .ok()
@@ -411,7 +423,7 @@ pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-fn non_empty(s: String) -> Option<String> {
+pub(crate) fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 

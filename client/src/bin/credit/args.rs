@@ -6,11 +6,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use clap_complete::Shell;
-use credit_client::TransactionType;
+use credit_client::{HoldState, TransactionType};
 use serde_json::Value as Json;
 
 use crate::exit::EXIT_CODES_HELP;
-use crate::parse::{parse_duration, parse_meta, parse_server, parse_time};
+use crate::parse::{
+    parse_duration, parse_meta, parse_rfc3339, parse_server, parse_time, parse_ttl,
+};
 
 /// Talk to the credit ledger service: users, balances, writes and history.
 #[derive(Debug, Parser)]
@@ -130,6 +132,10 @@ pub enum Command {
     },
     /// List a user's transactions, newest first.
     History(HistoryArgs),
+    /// Hold credits for work whose cost is known later: reserve, then
+    /// capture the real cost or release.
+    #[command(subcommand)]
+    Hold(HoldCommand),
     /// Check the ledger's invariants for one user or all (admin key);
     /// exits 10 when any is violated.
     Verify {
@@ -163,6 +169,86 @@ pub enum UserCommand {
         /// The user.
         user: String,
     },
+}
+
+/// `credit hold ...`
+#[derive(Debug, Subcommand)]
+pub enum HoldCommand {
+    /// Earmark credits (at most the available balance) until captured,
+    /// released or expired (--reason is stored as the usage's reason).
+    Reserve {
+        /// The user.
+        user: String,
+        /// Credits to hold, greater than 0.
+        amount: i64,
+        /// How long the hold lasts, e.g. 30m, 2h, 1d (default: the server's,
+        /// 1h unless configured).
+        #[arg(long, value_parser = parse_ttl, conflicts_with = "expires")]
+        ttl: Option<Duration>,
+        /// When the hold ends: an RFC 3339 time in the future.
+        #[arg(long, value_parser = parse_rfc3339)]
+        expires: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        options: WriteOptions,
+        #[command(flatten)]
+        usage: UsageArgs,
+    },
+    /// Settle an active hold with the real cost: one usage transaction; the
+    /// rest is released (0 releases it all).
+    Capture {
+        /// The user the hold belongs to.
+        user: String,
+        /// The hold.
+        hold: String,
+        /// The real cost in credits, 0 or more.
+        amount: i64,
+        #[command(flatten)]
+        options: WriteOptions,
+        #[command(flatten)]
+        usage: UsageArgs,
+    },
+    /// Give all of an active hold back.
+    Release {
+        /// The user the hold belongs to.
+        user: String,
+        /// The hold.
+        hold: String,
+        /// Idempotency key: running the command again with the same key
+        /// applies it at most once (default: a new random key).
+        #[arg(long)]
+        key: Option<String>,
+        /// Why the hold was released.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Show one hold.
+    Get {
+        /// The user the hold belongs to.
+        user: String,
+        /// The hold.
+        hold: String,
+    },
+    /// List a user's holds, newest first.
+    List(HoldListArgs),
+}
+
+/// `credit hold list ...`
+#[derive(Debug, Args)]
+pub struct HoldListArgs {
+    /// The user.
+    pub user: String,
+    /// Only holds in this state (as of now): active, captured, released,
+    /// expired (repeatable).
+    #[arg(long = "state", value_name = "STATE")]
+    pub states: Vec<HoldState>,
+    /// Show at most this many holds; 0 shows all. When more exist, the
+    /// output gives the token to continue with.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Continue after a previous page: the token it printed (use the same
+    /// --state filters).
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
 }
 
 /// A top-up, spend or grant: who, how much, and the common options.

@@ -14,10 +14,11 @@ Exit codes:
   1  unexpected error (internal server error, malformed answer, unknown status)
   2  usage error: bad arguments or flags, or input refused before sending
   3  the server rejected the request as invalid
-  4  user or transaction not found
+  4  user, transaction or hold not found
   5  already exists: user id or email taken, or idempotency key used for another request
   6  insufficient balance
-  7  refused by the ledger's rules: not refundable, refund exceeds original, balance overflow
+  7  refused by the ledger's rules: not refundable, refund exceeds original, balance
+     overflow, hold not active (captured or released) or expired
   8  unavailable: cannot connect, server or database down or overloaded, deadline
      exceeded (--timeout), or a persistent conflict; safe to run again with the
      same --key
@@ -38,12 +39,14 @@ pub fn code(err: &Error) -> u8 {
     match err {
         Error::InvalidInput(_) => USAGE,
         Error::InvalidArgument { .. } => 3,
-        Error::NotFound { .. } => 4,
+        Error::NotFound { .. } | Error::HoldNotFound { .. } => 4,
         Error::AlreadyExists { .. } | Error::IdempotencyKeyReused { .. } => 5,
         Error::InsufficientBalance { .. } => 6,
         Error::NotRefundable { .. }
         | Error::RefundExceedsOriginal { .. }
-        | Error::BalanceOverflow { .. } => 7,
+        | Error::BalanceOverflow { .. }
+        | Error::HoldNotActive { .. }
+        | Error::HoldExpired { .. } => 7,
         Error::Unavailable { .. }
         | Error::DeadlineExceeded { .. }
         | Error::Conflict { .. }

@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use credit_client::{
-    CreditClient, DEFAULT_CONNECT_TIMEOUT, Error, Page, TlsConfig, Usage, Write, WriteOp,
+    CreditClient, DEFAULT_CONNECT_TIMEOUT, Error, HoldPage, Page, TlsConfig, Usage, Write, WriteOp,
     parse_endpoint,
 };
 
-use args::{Cli, Command, HistoryArgs, UsageArgs, UserCommand, WriteOptions};
+use args::{
+    Cli, Command, HistoryArgs, HoldCommand, HoldListArgs, UsageArgs, UserCommand, WriteOptions,
+};
 
 fn main() -> ExitCode {
     let json = wants_json(std::env::args_os());
@@ -167,6 +169,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             show(json, &tx, output::transaction)
         }
         Command::History(args) => history(&client, args, json).await,
+        Command::Hold(command) => hold(&client, command, json).await,
         Command::Verify { user } => {
             let report = match user {
                 Some(user) => client.verify_user(user).await?,
@@ -325,6 +328,120 @@ async fn history(client: &CreditClient, args: HistoryArgs, json: bool) -> Result
         next_page_token,
     };
     show(json, &page, output::history)
+}
+
+/// `credit hold ...`
+async fn hold(client: &CreditClient, command: HoldCommand, json: bool) -> Result<(), Error> {
+    match command {
+        HoldCommand::Reserve {
+            user,
+            amount,
+            ttl,
+            expires,
+            options,
+            usage,
+        } => {
+            let usage = usage_of(usage, options.reason.clone());
+            let mut reserve = client.reserve(user, amount);
+            if usage != Usage::default() {
+                reserve = reserve.usage(usage);
+            }
+            if let Some(ttl) = ttl {
+                reserve = reserve.ttl(ttl);
+            }
+            if let Some(at) = expires {
+                reserve = reserve.expire_time(at);
+            }
+            if let Some(key) = options.key {
+                reserve = reserve.idempotency_key(key);
+            }
+            for (key, value) in options.meta {
+                reserve = reserve.meta(key, value);
+            }
+            show(json, &reserve.await?, output::hold_receipt)
+        }
+        HoldCommand::Capture {
+            user,
+            hold,
+            amount,
+            options,
+            usage,
+        } => {
+            let usage = usage_of(usage, options.reason.clone());
+            let mut capture = client.capture(user, hold, amount);
+            // Without usage of its own, the capture takes the hold's.
+            if usage != Usage::default() {
+                capture = capture.usage(usage);
+            }
+            if let Some(key) = options.key {
+                capture = capture.idempotency_key(key);
+            }
+            for (key, value) in options.meta {
+                capture = capture.meta(key, value);
+            }
+            show(json, &capture.await?, output::hold_receipt)
+        }
+        HoldCommand::Release {
+            user,
+            hold,
+            key,
+            reason,
+        } => {
+            let mut release = client.release(user, hold);
+            if let Some(key) = key {
+                release = release.idempotency_key(key);
+            }
+            if let Some(reason) = reason {
+                release = release.reason(reason);
+            }
+            show(json, &release.await?, output::hold_receipt)
+        }
+        HoldCommand::Get { user, hold } => {
+            show(json, &client.get_hold(user, hold).await?, output::hold)
+        }
+        HoldCommand::List(args) => list_holds(client, args, json).await,
+    }
+}
+
+/// Up to `--limit` holds from `--page-token` on, and the token to continue
+/// after them when more exist.
+async fn list_holds(client: &CreditClient, args: HoldListArgs, json: bool) -> Result<(), Error> {
+    let mut query = client.list_holds(args.user).states(args.states);
+    if let Some(token) = &args.page_token {
+        query = query.page_token(token.clone());
+    }
+    let limit = match args.limit {
+        0 => usize::MAX,
+        n => n,
+    };
+    let mut holds = Vec::new();
+    let mut token = args.page_token;
+    let next_page_token = loop {
+        let wanted = (limit - holds.len()).min(1000);
+        let page = query
+            .clone()
+            .page_size(u32::try_from(wanted).unwrap_or(1000))
+            .page()
+            .await?;
+        holds.extend(page.holds);
+        match page.next_page_token {
+            Some(next) if holds.len() < limit => {
+                if token.as_ref() == Some(&next) {
+                    return Err(Error::InvalidResponse(
+                        "the server returned the page token it was given".to_owned(),
+                    ));
+                }
+                query = query.page_token(next.clone());
+                token = Some(next);
+            }
+            next => break next,
+        }
+    };
+    let page = HoldPage {
+        holds,
+        next_page_token,
+    };
+    show(json, &page, output::holds)
 }
 
 /// Prints `value` as JSON or through `table`.

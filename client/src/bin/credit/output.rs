@@ -1,7 +1,9 @@
 //! How results are printed: aligned tables for people, JSON for scripts.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use credit_client::{Balance, LedgerReport, Page, Receipt, Transaction, User};
+use credit_client::{
+    Balance, Hold, HoldPage, HoldReceipt, LedgerReport, Page, Receipt, Transaction, User,
+};
 use serde::Serialize;
 
 /// Prints `value` as pretty JSON.
@@ -25,6 +27,8 @@ pub fn balance(b: &Balance) {
     fields(&[
         ("user", b.user_id.clone()),
         ("balance", b.balance.to_string()),
+        ("held", b.held.to_string()),
+        ("available", b.available.to_string()),
         ("updated", time(b.updated_at)),
         ("last sequence", b.last_sequence.to_string()),
     ]);
@@ -57,6 +61,7 @@ fn transaction_rows(t: &Transaction) -> Vec<(&'static str, String)> {
     let optional = [
         ("reason", t.reason.clone()),
         ("refund of", t.refunded_transaction_id.clone()),
+        ("hold", t.hold_id.clone()),
         ("usage", t.usage.as_ref().map(usage_text)),
         (
             "metadata",
@@ -71,6 +76,89 @@ fn transaction_rows(t: &Transaction) -> Vec<(&'static str, String)> {
     ];
     rows.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
     rows
+}
+
+/// One hold as `field  value` lines.
+pub fn hold(h: &Hold) {
+    fields(&hold_rows(h));
+}
+
+/// A reserve's, capture's or release's hold, the usage transaction a
+/// capture wrote, and the balances after.
+pub fn hold_receipt(r: &HoldReceipt) {
+    let mut rows = hold_rows(&r.hold);
+    if let Some(t) = &r.transaction {
+        rows.push(("transaction", t.transaction_id.clone()));
+        rows.push(("charged", signed(t.amount)));
+    }
+    rows.push(("balance", r.balance.to_string()));
+    rows.push(("available", r.available.to_string()));
+    fields(&rows);
+}
+
+/// A hold's fields; empty ones are left out.
+fn hold_rows(h: &Hold) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("hold", h.hold_id.clone()),
+        ("user", h.user_id.clone()),
+        ("state", h.state.to_string()),
+        ("amount", h.amount.to_string()),
+        ("captured", h.captured_amount.to_string()),
+        ("created", time(h.created_at)),
+        ("expires", time(h.expire_time)),
+        ("idempotency key", h.idempotency_key.clone()),
+    ];
+    let optional = [
+        ("closed", h.closed_at.map(time)),
+        ("capture transaction", h.capture_transaction_id.clone()),
+        ("release reason", h.release_reason.clone()),
+        ("usage", h.usage.as_ref().map(usage_text)),
+        (
+            "metadata",
+            h.metadata
+                .as_ref()
+                .map(|m| serde_json::Value::Object(m.clone()).to_string()),
+        ),
+    ];
+    rows.extend(
+        optional
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)).filter(|(_, v)| !v.is_empty())),
+    );
+    rows
+}
+
+/// A page of holds as a table, then the token to continue with.
+pub fn holds(page: &HoldPage) {
+    let mut table = Table::new([
+        "CREATED", "STATE", "AMOUNT", "CAPTURED", "EXPIRES", "HOLD", "DETAILS",
+    ]);
+    for h in &page.holds {
+        let mut details: Vec<String> = Vec::new();
+        if let Some(usage) = &h.usage {
+            details.push(usage_text(usage));
+        }
+        if let Some(reason) = &h.release_reason {
+            details.push(reason.clone());
+        }
+        details.retain(|d| !d.is_empty());
+        table.row([
+            time(h.created_at),
+            h.state.to_string(),
+            h.amount.to_string(),
+            h.captured_amount.to_string(),
+            time(h.expire_time),
+            h.hold_id.clone(),
+            details.join("; "),
+        ]);
+    }
+    table.print(&[2, 3]);
+    if page.holds.is_empty() {
+        println!("(no holds)");
+    }
+    if let Some(token) = &page.next_page_token {
+        println!("(more holds: continue with --page-token {token})");
+    }
 }
 
 /// A page of transactions as a table, one per row, then the token to

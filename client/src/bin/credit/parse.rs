@@ -37,6 +37,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long"))
 }
 
+/// A hold's TTL: a duration as [`parse_duration`] reads it, or days (`7d`).
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let (number, unit) = split_unit(text);
+    if unit == "d" {
+        let days: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration like 30m, 2h or 1d"))?;
+        return days
+            .checked_mul(86_400)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{text:?} is too long"));
+    }
+    parse_duration(text)
+}
+
+/// An RFC 3339 time, e.g. `2030-01-02T03:04:05Z`.
+pub fn parse_rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|err| format!("{text:?} is not an RFC 3339 time: {err}"))
+}
+
 /// An RFC 3339 time, a date (midnight UTC), or an age (`30m`, `2h`, `7d`,
 /// `2w`) counted back from now.
 pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -93,6 +115,15 @@ fn split_unit(text: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_ttl("2x").is_err());
+        assert!(parse_rfc3339("2030-01-02T03:04:05Z").is_ok());
+        assert!(parse_rfc3339("2h").is_err());
+    }
 
     #[test]
     fn durations() {
