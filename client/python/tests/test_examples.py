@@ -36,6 +36,14 @@ def test_sync_example_with_an_admin_key(keyed_server: Server) -> None:
     assert "ledger clean: True" in out
 
 
+def test_holds_example(server_target: str) -> None:
+    out = run("holds_example.py", server_target)
+    assert "charged 37, balance 63" in out
+    assert "refused: HOLD_NOT_ACTIVE" in out
+    assert "balance 63, held 0, available 63" in out
+    assert "captured 37 of 50" in out
+
+
 def test_async_example(server_target: str) -> None:
     out = run("async_example.py", server_target)
     assert "balances after spends: [70, 80, 90]" in out

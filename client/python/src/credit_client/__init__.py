@@ -13,7 +13,8 @@
 for asyncio. Every write carries an idempotency key (a UUID made per call when
 the caller gives none) that every retry of that call reuses, so retrying
 UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED never applies a
-write twice. Failures raise a :class:`CreditError` subclass picked by the
+write twice. Holds (``reserve`` an estimate, ``capture`` the real cost or
+``release``) charge for work whose cost is known only afterwards. Failures raise a :class:`CreditError` subclass picked by the
 server's google.rpc.ErrorInfo reason. The generated messages are in
 ``credit_client.v1.credit_pb2`` (also exported here as ``pb``).
 """
@@ -30,6 +31,9 @@ from ._errors import (
     DeadlineExceeded,
     EmailAlreadyExists,
     FieldViolation,
+    HoldExpired,
+    HoldNotActive,
+    HoldNotFound,
     IdempotencyKeyReused,
     InsufficientBalance,
     Internal,
@@ -46,7 +50,15 @@ from ._errors import (
     UserNotFound,
     error_class_for_reason,
 )
-from ._requests import Metadata, TimeLike, TransactionTypeLike, Usage, new_idempotency_key
+from ._requests import (
+    HoldStateLike,
+    Metadata,
+    TimeLike,
+    TransactionTypeLike,
+    TtlLike,
+    Usage,
+    new_idempotency_key,
+)
 from ._retry import RETRYABLE_CODES, RetryPolicy
 from ._sync import CreditClient
 from .v1 import credit_pb2 as pb
@@ -68,6 +80,10 @@ __all__ = [
     "DeadlineExceeded",
     "EmailAlreadyExists",
     "FieldViolation",
+    "HoldExpired",
+    "HoldNotActive",
+    "HoldNotFound",
+    "HoldStateLike",
     "IdempotencyKeyReused",
     "InsufficientBalance",
     "Internal",
@@ -83,6 +99,7 @@ __all__ = [
     "TlsConfig",
     "TransactionNotFound",
     "TransactionTypeLike",
+    "TtlLike",
     "Unauthenticated",
     "Unavailable",
     "Usage",

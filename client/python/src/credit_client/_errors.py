@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar, Protocol, cast
 
 import grpc
@@ -29,6 +30,9 @@ __all__ = [
     "DeadlineExceeded",
     "EmailAlreadyExists",
     "FieldViolation",
+    "HoldExpired",
+    "HoldNotActive",
+    "HoldNotFound",
     "IdempotencyKeyReused",
     "InsufficientBalance",
     "Internal",
@@ -131,7 +135,7 @@ class BalanceOverflow(CreditError):
 
 
 class NotFound(CreditError):
-    """The user or transaction does not exist (see the two subclasses)."""
+    """The user, transaction or hold does not exist (see the subclasses)."""
 
 
 class UserNotFound(NotFound):
@@ -242,6 +246,54 @@ class NotRefundable(CreditError):
         return self.metadata["transactionType"]
 
 
+class HoldNotFound(NotFound):
+    """The user has no hold with this id."""
+
+    REASON = "HOLD_NOT_FOUND"
+    REQUIRED_METADATA = ("userId", "holdId")
+
+    @property
+    def user_id(self) -> str:
+        return self.metadata["userId"]
+
+    @property
+    def hold_id(self) -> str:
+        return self.metadata["holdId"]
+
+
+class HoldNotActive(CreditError):
+    """The hold was already captured or released."""
+
+    REASON = "HOLD_NOT_ACTIVE"
+    REQUIRED_METADATA = ("holdId", "state")
+
+    @property
+    def hold_id(self) -> str:
+        return self.metadata["holdId"]
+
+    @property
+    def state(self) -> str:
+        """The hold's state as the server names it: "CAPTURED" or "RELEASED"."""
+        return self.metadata["state"]
+
+
+class HoldExpired(CreditError):
+    """The hold's expire time passed before it was captured or released; its
+    credits are available again."""
+
+    REASON = "HOLD_EXPIRED"
+    REQUIRED_METADATA = ("holdId", "expireTime")
+
+    @property
+    def hold_id(self) -> str:
+        return self.metadata["holdId"]
+
+    @property
+    def expire_time(self) -> datetime:
+        """When the hold expired (timezone-aware)."""
+        return datetime.fromisoformat(self.metadata["expireTime"].replace("Z", "+00:00"))
+
+
 class PermissionDenied(CreditError):
     """The credentials do not allow this call."""
 
@@ -306,6 +358,9 @@ _BY_REASON: dict[str, type[CreditError]] = {
         InsufficientBalance,
         RefundExceedsOriginal,
         NotRefundable,
+        HoldNotFound,
+        HoldNotActive,
+        HoldExpired,
         PermissionDenied,
         Unauthenticated,
         Overloaded,
@@ -405,12 +460,21 @@ def from_rpc_error(err: grpc.RpcError | grpc.aio.AioRpcError) -> CreditError:
     )
 
 
+# Metadata keys whose values are text; the others the classes read are numbers.
+_TEXT_KEYS = ("userId", "transactionId", "email", "idempotencyKey", "transactionType", "holdId", "state")
+
+
 def _metadata_complete(cls: type[CreditError], metadata: Mapping[str, str]) -> bool:
     """Whether the metadata holds every key the class reads (numbers as numbers)."""
     for key in cls.REQUIRED_METADATA:
         if key not in metadata:
             return False
-        if key not in ("userId", "transactionId", "email", "idempotencyKey", "transactionType"):
+        if key == "expireTime":
+            try:
+                datetime.fromisoformat(metadata[key].replace("Z", "+00:00"))
+            except ValueError:
+                return False
+        elif key not in _TEXT_KEYS:
             try:
                 int(metadata[key])
             except ValueError:

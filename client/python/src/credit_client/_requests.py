@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Union, cast
 
 import grpc
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from ._errors import CreditError
 from .v1 import credit_pb2 as pb
 
-__all__ = ["Metadata", "TimeLike", "TransactionTypeLike", "Usage", "new_idempotency_key"]
+__all__ = [
+    "HoldStateLike",
+    "Metadata",
+    "TimeLike",
+    "TransactionTypeLike",
+    "TtlLike",
+    "Usage",
+    "new_idempotency_key",
+]
 
 #: Caller metadata stored with a transaction: a JSON-like object (at most 16 KiB as JSON).
 Metadata = Mapping[str, Any]
@@ -24,6 +32,11 @@ TimeLike = Union[datetime, timestamp_pb2.Timestamp]
 #: A transaction type: ``pb.TRANSACTION_TYPE_USAGE``, or its name ("USAGE" or
 #: "TRANSACTION_TYPE_USAGE").
 TransactionTypeLike = Union["pb.TransactionType.ValueType", int, str]
+#: A hold state: ``pb.HOLD_STATE_ACTIVE``, or its name ("active", "ACTIVE" or
+#: "HOLD_STATE_ACTIVE").
+HoldStateLike = Union["pb.HoldState.ValueType", int, str]
+#: How long a hold lasts: seconds, a timedelta or a protobuf Duration.
+TtlLike = Union[float, int, timedelta, duration_pb2.Duration]
 
 
 def new_idempotency_key() -> str:
@@ -69,6 +82,27 @@ def transaction_type(value: TransactionTypeLike) -> pb.TransactionType.ValueType
     if value not in pb.TransactionType.values():
         raise ValueError(f"unknown transaction type {value}")
     return cast("pb.TransactionType.ValueType", value)
+
+
+def hold_state(value: HoldStateLike) -> pb.HoldState.ValueType:
+    if isinstance(value, str):
+        name = value.upper()
+        if not name.startswith("HOLD_STATE_"):
+            name = "HOLD_STATE_" + name
+        return pb.HoldState.Value(name)
+    if value not in pb.HoldState.values():
+        raise ValueError(f"unknown hold state {value}")
+    return cast("pb.HoldState.ValueType", value)
+
+
+def duration(value: TtlLike) -> duration_pb2.Duration:
+    if isinstance(value, duration_pb2.Duration):
+        return value
+    if not isinstance(value, timedelta):
+        value = timedelta(seconds=value)
+    result = duration_pb2.Duration()
+    result.FromTimedelta(value)
+    return result
 
 
 def create_user(user_id: str, email: str, name: str) -> pb.CreateUserRequest:
@@ -158,6 +192,85 @@ def list_transactions(
         graph_exec_id=graph_exec_id,
         created_by=created_by,
     )
+
+
+def reserve(
+    user_id: str,
+    amount: int,
+    ttl: TtlLike | None,
+    expire_time: TimeLike | None,
+    usage: Usage | None,
+    idempotency_key: str | None,
+    metadata: Metadata | None,
+) -> pb.ReserveRequest:
+    if ttl is not None and expire_time is not None:
+        raise ValueError("give ttl or expire_time, not both")
+    return pb.ReserveRequest(
+        user_id=user_id,
+        amount=amount,
+        idempotency_key=key_or_new(idempotency_key),
+        ttl=None if ttl is None else duration(ttl),
+        expire_time=timestamp(expire_time),
+        usage=usage_details(usage),
+        metadata=struct(metadata),
+    )
+
+
+def capture(
+    user_id: str,
+    hold_id: str,
+    amount: int,
+    usage: Usage | None,
+    idempotency_key: str | None,
+    metadata: Metadata | None,
+) -> pb.CaptureRequest:
+    return pb.CaptureRequest(
+        user_id=user_id,
+        hold_id=hold_id,
+        amount=amount,
+        idempotency_key=key_or_new(idempotency_key),
+        usage=usage_details(usage),
+        metadata=struct(metadata),
+    )
+
+
+def release(
+    user_id: str, hold_id: str, reason: str, idempotency_key: str | None
+) -> pb.ReleaseRequest:
+    return pb.ReleaseRequest(
+        user_id=user_id,
+        hold_id=hold_id,
+        reason=reason,
+        idempotency_key=key_or_new(idempotency_key),
+    )
+
+
+def list_holds(
+    user_id: str, *, states: Iterable[HoldStateLike], page_size: int, page_token: str
+) -> pb.ListHoldsRequest:
+    return pb.ListHoldsRequest(
+        user_id=user_id,
+        states=[hold_state(s) for s in states],
+        page_size=min(page_size, 1000),
+        page_token=page_token,
+    )
+
+
+def next_hold_page(
+    request: pb.ListHoldsRequest, page: pb.ListHoldsResponse
+) -> pb.ListHoldsRequest | None:
+    """The request for the page of holds after ``page``, or None after the last."""
+    token = page.next_page_token
+    if not token:
+        return None
+    if token == request.page_token:
+        raise CreditError(
+            grpc.StatusCode.INTERNAL, "invalid response: the server returned the page token it was given"
+        )
+    following = pb.ListHoldsRequest()
+    following.CopyFrom(request)
+    following.page_token = token
+    return following
 
 
 def next_page(

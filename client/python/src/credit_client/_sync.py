@@ -12,7 +12,7 @@ import grpc
 from . import _requests as req
 from ._config import DEFAULT_DEADLINE, ChannelOptions, TlsConfig, auth_metadata, resolve
 from ._errors import from_rpc_error, status_code
-from ._requests import Metadata, TimeLike, TransactionTypeLike, Usage
+from ._requests import HoldStateLike, Metadata, TimeLike, TransactionTypeLike, TtlLike, Usage
 from ._retry import RetryPolicy, is_retryable
 from .v1 import credit_pb2 as pb
 from .v1 import credit_pb2_grpc as pb_grpc
@@ -107,7 +107,8 @@ class CreditClient:
         return self._call(self._stub.GetUser, pb.GetUserRequest(user_id=user_id)).user
 
     def get_balance(self, user_id: str) -> pb.GetBalanceResponse:
-        """The user's balance (``.balance``), when it last changed and its latest sequence."""
+        """The user's balance (``.balance``), what active holds keep (``.held``) and
+        what may be spent (``.available``), when it last changed and its latest sequence."""
         return self._call(self._stub.GetBalance, pb.GetBalanceRequest(user_id=user_id))
 
     # --- writes ----------------------------------------------------------
@@ -225,6 +226,90 @@ class CreditClient:
             page = self._call(self._stub.ListTransactions, request)
             yield from page.transactions
             request = req.next_page(request, page)
+
+    # --- holds -----------------------------------------------------------
+
+    def reserve(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        ttl: TtlLike | None = None,
+        expire_time: TimeLike | None = None,
+        usage: Usage | None = None,
+        idempotency_key: str | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.ReserveResponse:
+        """Holds ``amount`` credits (at most the available balance) for work whose
+        cost is known later, for ``ttl`` (seconds or a timedelta) or until
+        ``expire_time`` (default: the server's TTL). Returns the hold (``.hold``),
+        ``.balance`` and ``.available``; raises InsufficientBalance."""
+        request = req.reserve(user_id, amount, ttl, expire_time, usage, idempotency_key, metadata)
+        return self._call(self._stub.Reserve, request)
+
+    def capture(
+        self,
+        user_id: str,
+        hold_id: str,
+        amount: int,
+        *,
+        usage: Usage | None = None,
+        idempotency_key: str | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.CaptureResponse:
+        """Settles an active hold with the real cost ``amount`` (>= 0; 0 releases it):
+        one USAGE transaction (``.transaction``), the rest released. Raises
+        HoldNotFound, HoldNotActive, HoldExpired or InsufficientBalance."""
+        request = req.capture(user_id, hold_id, amount, usage, idempotency_key, metadata)
+        return self._call(self._stub.Capture, request)
+
+    def release(
+        self,
+        user_id: str,
+        hold_id: str,
+        *,
+        reason: str = "",
+        idempotency_key: str | None = None,
+    ) -> pb.ReleaseResponse:
+        """Gives all of an active hold back; raises HoldNotFound, HoldNotActive or
+        HoldExpired."""
+        request = req.release(user_id, hold_id, reason, idempotency_key)
+        return self._call(self._stub.Release, request)
+
+    def get_hold(self, user_id: str, hold_id: str) -> pb.Hold:
+        """Returns one hold of a user; raises HoldNotFound."""
+        request = pb.GetHoldRequest(user_id=user_id, hold_id=hold_id)
+        return self._call(self._stub.GetHold, request).hold
+
+    def list_holds(
+        self,
+        user_id: str,
+        *,
+        states: Iterable[HoldStateLike] = (),
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> pb.ListHoldsResponse:
+        """One page of the user's holds, newest first, with ``next_page_token``
+        ("" on the last page); ``states`` filters as of now."""
+        request = req.list_holds(user_id, states=states, page_size=page_size, page_token=page_token)
+        return self._call(self._stub.ListHolds, request)
+
+    def iter_holds(
+        self,
+        user_id: str,
+        *,
+        states: Iterable[HoldStateLike] = (),
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Iterator[pb.Hold]:
+        """Every matching hold, newest first, fetching pages as it is read."""
+        request: pb.ListHoldsRequest | None = req.list_holds(
+            user_id, states=states, page_size=page_size, page_token=page_token
+        )
+        while request is not None:
+            page = self._call(self._stub.ListHolds, request)
+            yield from page.holds
+            request = req.next_hold_page(request, page)
 
     # --- operations ------------------------------------------------------
 

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63redit/v1/credit.proto\x12\tcredit.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x0cUsageDetails\x12\x15\n\rgraph_exec_id\x18\x01 \x01(\t\x12\x10\n\x08graph_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x14\n\x0cnode_exec_id\x18\x04 \x01(\t\x12\x10\n\x08\x62lock_id\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xbd\x03\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x04type\x18\x03 \x01(\x0e\x32\x1a.credit.v1.TransactionType\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x17\n\x0frunning_balance\x18\x05 \x01(\x03\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12&\n\x05usage\x18\x08 \x01(\x0b\x32\x17.credit.v1.UsageDetails\x12)\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1f\n\x17refunded_transaction_id\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x17\n\x0frefunded_amount\x18\r \x01(\x03\x12\x12\n\ncreated_by\x18\x0e \x01(\t\x12&\n\x1e\x63reated_by_certificate_subject\x18\x0f \x01(\t\"A\n\x11\x43reateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"3\n\x12\x43reateUserResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.credit.v1.User\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"0\n\x0fGetUserResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.credit.v1.User\"$\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"}\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_sequence\x18\x04 \x01(\x03\"s\n\x0cTopUpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\rTopUpResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"\x9b\x01\n\x0cSpendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12&\n\x05usage\x18\x04 \x01(\x0b\x32\x17.credit.v1.UsageDetails\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\rSpendResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"\x83\x01\n\x0cGrantRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\rGrantResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"\xac\x01\n\rRefundRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x13\n\x06\x61mount\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructB\t\n\x07_amount\"N\n\x0eRefundResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"@\n\x15GetTransactionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\"E\n\x16GetTransactionResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\"\x8e\x02\n\x17ListTransactionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x05types\x18\x04 \x03(\x0e\x32\x1a.credit.v1.TransactionType\x12\x31\n\rcreated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rgraph_exec_id\x18\x07 \x01(\t\x12\x12\n\ncreated_by\x18\x08 \x01(\t\"a\n\x18ListTransactionsResponse\x12,\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x16.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x13VerifyLedgerRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xb6\x01\n\x14VerifyLedgerResponse\x12\r\n\x05\x63lean\x18\x01 \x01(\x08\x12\x15\n\rusers_checked\x18\x02 \x01(\x03\x12\x1c\n\x14transactions_checked\x18\x03 \x01(\x03\x12.\n\nviolations\x18\x04 \x03(\x0b\x32\x1a.credit.v1.LedgerViolation\x12\x1a\n\x12violations_omitted\x18\x05 \x01(\x03\x12\x0e\n\x06report\x18\x06 \x01(\t\"R\n\x0fLedgerViolation\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t*\xc6\x01\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRANSACTION_TYPE_TOP_UP\x10\x01\x12\x1a\n\x16TRANSACTION_TYPE_USAGE\x10\x02\x12\x1a\n\x16TRANSACTION_TYPE_GRANT\x10\x03\x12\x1b\n\x17TRANSACTION_TYPE_REFUND\x10\x04\x12\x1f\n\x1bTRANSACTION_TYPE_CARD_CHECK\x10\x05\x32\xdf\x05\n\rCreditService\x12I\n\nCreateUser\x12\x1c.credit.v1.CreateUserRequest\x1a\x1d.credit.v1.CreateUserResponse\x12@\n\x07GetUser\x12\x19.credit.v1.GetUserRequest\x1a\x1a.credit.v1.GetUserResponse\x12I\n\nGetBalance\x12\x1c.credit.v1.GetBalanceRequest\x1a\x1d.credit.v1.GetBalanceResponse\x12:\n\x05TopUp\x12\x17.credit.v1.TopUpRequest\x1a\x18.credit.v1.TopUpResponse\x12:\n\x05Spend\x12\x17.credit.v1.SpendRequest\x1a\x18.credit.v1.SpendResponse\x12:\n\x05Grant\x12\x17.credit.v1.GrantRequest\x1a\x18.credit.v1.GrantResponse\x12=\n\x06Refund\x12\x18.credit.v1.RefundRequest\x1a\x19.credit.v1.RefundResponse\x12U\n\x0eGetTransaction\x12 .credit.v1.GetTransactionRequest\x1a!.credit.v1.GetTransactionResponse\x12[\n\x10ListTransactions\x12\".credit.v1.ListTransactionsRequest\x1a#.credit.v1.ListTransactionsResponse\x12O\n\x0cVerifyLedger\x12\x1e.credit.v1.VerifyLedgerRequest\x1a\x1f.credit.v1.VerifyLedgerResponseB\x85\x01\n\x1a\x63om.creditledger.credit.v1B\x0b\x43reditProtoP\x01Z3example.com/credit-ledger/gen/go/credit/v1;creditv1\xaa\x02\tCredit.V1\xca\x02\tCredit\\V1\xea\x02\nCredit::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63redit/v1/credit.proto\x12\tcredit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x0cUsageDetails\x12\x15\n\rgraph_exec_id\x18\x01 \x01(\t\x12\x10\n\x08graph_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x14\n\x0cnode_exec_id\x18\x04 \x01(\t\x12\x10\n\x08\x62lock_id\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xce\x03\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x04type\x18\x03 \x01(\x0e\x32\x1a.credit.v1.TransactionType\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x17\n\x0frunning_balance\x18\x05 \x01(\x03\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12&\n\x05usage\x18\x08 \x01(\x0b\x32\x17.credit.v1.UsageDetails\x12)\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1f\n\x17refunded_transaction_id\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x17\n\x0frefunded_amount\x18\r \x01(\x03\x12\x12\n\ncreated_by\x18\x0e \x01(\t\x12&\n\x1e\x63reated_by_certificate_subject\x18\x0f \x01(\t\x12\x0f\n\x07hold_id\x18\x10 \x01(\t\"\xaa\x03\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x17\n\x0f\x63\x61ptured_amount\x18\x04 \x01(\x03\x12#\n\x05state\x18\x05 \x01(\x0e\x32\x14.credit.v1.HoldState\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.credit.v1.UsageDetails\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16\x63\x61pture_transaction_id\x18\x0b \x01(\t\x12\x17\n\x0fidempotency_key\x18\x0c \x01(\t\x12\x16\n\x0erelease_reason\x18\r \x01(\t\"A\n\x11\x43reateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"3\n\x12\x43reateUserResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.credit.v1.User\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"0\n\x0fGetUserResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.credit.v1.User\"$\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x9e\x01\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_sequence\x18\x04 \x01(\x03\x12\x0c\n\x04held\x18\x05 \x01(\x03\x12\x11\n\tavailable\x18\x06 \x01(\x03\"s\n\x0cTopUpRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\rTopUpResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"\x9b\x01\n\x0cSpendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12&\n\x05usage\x18\x04 \x01(\x0b\x32\x17.credit.v1.UsageDetails\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\rSpendResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"\x83\x01\n\x0cGrantRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\rGrantResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"\xac\x01\n\rRefundRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x13\n\x06\x61mount\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructB\t\n\x07_amount\"N\n\x0eRefundResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"@\n\x15GetTransactionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\"E\n\x16GetTransactionResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\"\x8e\x02\n\x17ListTransactionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x05types\x18\x04 \x03(\x0e\x32\x1a.credit.v1.TransactionType\x12\x31\n\rcreated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rgraph_exec_id\x18\x07 \x01(\t\x12\x12\n\ncreated_by\x18\x08 \x01(\t\"a\n\x18ListTransactionsResponse\x12,\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x16.credit.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x13VerifyLedgerRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xb6\x01\n\x14VerifyLedgerResponse\x12\r\n\x05\x63lean\x18\x01 \x01(\x08\x12\x15\n\rusers_checked\x18\x02 \x01(\x03\x12\x1c\n\x14transactions_checked\x18\x03 \x01(\x03\x12.\n\nviolations\x18\x04 \x03(\x0b\x32\x1a.credit.v1.LedgerViolation\x12\x1a\n\x12violations_omitted\x18\x05 \x01(\x03\x12\x0e\n\x06report\x18\x06 \x01(\t\"R\n\x0fLedgerViolation\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x84\x02\n\x0eReserveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12(\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x31\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.credit.v1.UsageDetails\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x08\n\x06\x65xpiry\"T\n\x0fReserveResponse\x12\x1d\n\x04hold\x18\x01 \x01(\x0b\x32\x0f.credit.v1.Hold\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x11\n\tavailable\x18\x03 \x01(\x03\"\xae\x01\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12&\n\x05usage\x18\x05 \x01(\x0b\x32\x17.credit.v1.UsageDetails\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x81\x01\n\x0f\x43\x61ptureResponse\x12+\n\x0btransaction\x18\x01 \x01(\x0b\x32\x16.credit.v1.Transaction\x12\x1d\n\x04hold\x18\x02 \x01(\x0b\x32\x0f.credit.v1.Hold\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\x03\x12\x11\n\tavailable\x18\x04 \x01(\x03\"[\n\x0eReleaseRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"T\n\x0fReleaseResponse\x12\x1d\n\x04hold\x18\x01 \x01(\x0b\x32\x0f.credit.v1.Hold\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x11\n\tavailable\x18\x03 \x01(\x03\"2\n\x0eGetHoldRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\"0\n\x0fGetHoldResponse\x12\x1d\n\x04hold\x18\x01 \x01(\x0b\x32\x0f.credit.v1.Hold\"p\n\x10ListHoldsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12$\n\x06states\x18\x02 \x03(\x0e\x32\x14.credit.v1.HoldState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"L\n\x11ListHoldsResponse\x12\x1e\n\x05holds\x18\x01 \x03(\x0b\x32\x0f.credit.v1.Hold\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc6\x01\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRANSACTION_TYPE_TOP_UP\x10\x01\x12\x1a\n\x16TRANSACTION_TYPE_USAGE\x10\x02\x12\x1a\n\x16TRANSACTION_TYPE_GRANT\x10\x03\x12\x1b\n\x17TRANSACTION_TYPE_REFUND\x10\x04\x12\x1f\n\x1bTRANSACTION_TYPE_CARD_CHECK\x10\x05*\x88\x01\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11HOLD_STATE_ACTIVE\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x12\x16\n\x12HOLD_STATE_EXPIRED\x10\x04\x32\xaf\x08\n\rCreditService\x12I\n\nCreateUser\x12\x1c.credit.v1.CreateUserRequest\x1a\x1d.credit.v1.CreateUserResponse\x12@\n\x07GetUser\x12\x19.credit.v1.GetUserRequest\x1a\x1a.credit.v1.GetUserResponse\x12I\n\nGetBalance\x12\x1c.credit.v1.GetBalanceRequest\x1a\x1d.credit.v1.GetBalanceResponse\x12:\n\x05TopUp\x12\x17.credit.v1.TopUpRequest\x1a\x18.credit.v1.TopUpResponse\x12:\n\x05Spend\x12\x17.credit.v1.SpendRequest\x1a\x18.credit.v1.SpendResponse\x12:\n\x05Grant\x12\x17.credit.v1.GrantRequest\x1a\x18.credit.v1.GrantResponse\x12=\n\x06Refund\x12\x18.credit.v1.RefundRequest\x1a\x19.credit.v1.RefundResponse\x12U\n\x0eGetTransaction\x12 .credit.v1.GetTransactionRequest\x1a!.credit.v1.GetTransactionResponse\x12[\n\x10ListTransactions\x12\".credit.v1.ListTransactionsRequest\x1a#.credit.v1.ListTransactionsResponse\x12O\n\x0cVerifyLedger\x12\x1e.credit.v1.VerifyLedgerRequest\x1a\x1f.credit.v1.VerifyLedgerResponse\x12@\n\x07Reserve\x12\x19.credit.v1.ReserveRequest\x1a\x1a.credit.v1.ReserveResponse\x12@\n\x07\x43\x61pture\x12\x19.credit.v1.CaptureRequest\x1a\x1a.credit.v1.CaptureResponse\x12@\n\x07Release\x12\x19.credit.v1.ReleaseRequest\x1a\x1a.credit.v1.ReleaseResponse\x12@\n\x07GetHold\x12\x19.credit.v1.GetHoldRequest\x1a\x1a.credit.v1.GetHoldResponse\x12\x46\n\tListHolds\x12\x1b.credit.v1.ListHoldsRequest\x1a\x1c.credit.v1.ListHoldsResponseB\x85\x01\n\x1a\x63om.creditledger.credit.v1B\x0b\x43reditProtoP\x01Z3example.com/credit-ledger/gen/go/credit/v1;creditv1\xaa\x02\tCredit.V1\xca\x02\tCredit\\V1\xea\x02\nCredit::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,56 +35,80 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'credit_client.v1.credit_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\032com.creditledger.credit.v1B\013CreditProtoP\001Z3example.com/credit-ledger/gen/go/credit/v1;creditv1\252\002\tCredit.V1\312\002\tCredit\\V1\352\002\nCredit::V1'
-  _globals['_TRANSACTIONTYPE']._serialized_start=2871
-  _globals['_TRANSACTIONTYPE']._serialized_end=3069
-  _globals['_USER']._serialized_start=100
-  _globals['_USER']._serialized_end=200
-  _globals['_USAGEDETAILS']._serialized_start=203
-  _globals['_USAGEDETAILS']._serialized_end=331
-  _globals['_TRANSACTION']._serialized_start=334
-  _globals['_TRANSACTION']._serialized_end=779
-  _globals['_CREATEUSERREQUEST']._serialized_start=781
-  _globals['_CREATEUSERREQUEST']._serialized_end=846
-  _globals['_CREATEUSERRESPONSE']._serialized_start=848
-  _globals['_CREATEUSERRESPONSE']._serialized_end=899
-  _globals['_GETUSERREQUEST']._serialized_start=901
-  _globals['_GETUSERREQUEST']._serialized_end=934
-  _globals['_GETUSERRESPONSE']._serialized_start=936
-  _globals['_GETUSERRESPONSE']._serialized_end=984
-  _globals['_GETBALANCEREQUEST']._serialized_start=986
-  _globals['_GETBALANCEREQUEST']._serialized_end=1022
-  _globals['_GETBALANCERESPONSE']._serialized_start=1024
-  _globals['_GETBALANCERESPONSE']._serialized_end=1149
-  _globals['_TOPUPREQUEST']._serialized_start=1151
-  _globals['_TOPUPREQUEST']._serialized_end=1266
-  _globals['_TOPUPRESPONSE']._serialized_start=1268
-  _globals['_TOPUPRESPONSE']._serialized_end=1345
-  _globals['_SPENDREQUEST']._serialized_start=1348
-  _globals['_SPENDREQUEST']._serialized_end=1503
-  _globals['_SPENDRESPONSE']._serialized_start=1505
-  _globals['_SPENDRESPONSE']._serialized_end=1582
-  _globals['_GRANTREQUEST']._serialized_start=1585
-  _globals['_GRANTREQUEST']._serialized_end=1716
-  _globals['_GRANTRESPONSE']._serialized_start=1718
-  _globals['_GRANTRESPONSE']._serialized_end=1795
-  _globals['_REFUNDREQUEST']._serialized_start=1798
-  _globals['_REFUNDREQUEST']._serialized_end=1970
-  _globals['_REFUNDRESPONSE']._serialized_start=1972
-  _globals['_REFUNDRESPONSE']._serialized_end=2050
-  _globals['_GETTRANSACTIONREQUEST']._serialized_start=2052
-  _globals['_GETTRANSACTIONREQUEST']._serialized_end=2116
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=2118
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=2187
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=2190
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=2460
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=2462
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=2559
-  _globals['_VERIFYLEDGERREQUEST']._serialized_start=2561
-  _globals['_VERIFYLEDGERREQUEST']._serialized_end=2599
-  _globals['_VERIFYLEDGERRESPONSE']._serialized_start=2602
-  _globals['_VERIFYLEDGERRESPONSE']._serialized_end=2784
-  _globals['_LEDGERVIOLATION']._serialized_start=2786
-  _globals['_LEDGERVIOLATION']._serialized_end=2868
-  _globals['_CREDITSERVICE']._serialized_start=3072
-  _globals['_CREDITSERVICE']._serialized_end=3807
+  _globals['_TRANSACTIONTYPE']._serialized_start=4514
+  _globals['_TRANSACTIONTYPE']._serialized_end=4712
+  _globals['_HOLDSTATE']._serialized_start=4715
+  _globals['_HOLDSTATE']._serialized_end=4851
+  _globals['_USER']._serialized_start=132
+  _globals['_USER']._serialized_end=232
+  _globals['_USAGEDETAILS']._serialized_start=235
+  _globals['_USAGEDETAILS']._serialized_end=363
+  _globals['_TRANSACTION']._serialized_start=366
+  _globals['_TRANSACTION']._serialized_end=828
+  _globals['_HOLD']._serialized_start=831
+  _globals['_HOLD']._serialized_end=1257
+  _globals['_CREATEUSERREQUEST']._serialized_start=1259
+  _globals['_CREATEUSERREQUEST']._serialized_end=1324
+  _globals['_CREATEUSERRESPONSE']._serialized_start=1326
+  _globals['_CREATEUSERRESPONSE']._serialized_end=1377
+  _globals['_GETUSERREQUEST']._serialized_start=1379
+  _globals['_GETUSERREQUEST']._serialized_end=1412
+  _globals['_GETUSERRESPONSE']._serialized_start=1414
+  _globals['_GETUSERRESPONSE']._serialized_end=1462
+  _globals['_GETBALANCEREQUEST']._serialized_start=1464
+  _globals['_GETBALANCEREQUEST']._serialized_end=1500
+  _globals['_GETBALANCERESPONSE']._serialized_start=1503
+  _globals['_GETBALANCERESPONSE']._serialized_end=1661
+  _globals['_TOPUPREQUEST']._serialized_start=1663
+  _globals['_TOPUPREQUEST']._serialized_end=1778
+  _globals['_TOPUPRESPONSE']._serialized_start=1780
+  _globals['_TOPUPRESPONSE']._serialized_end=1857
+  _globals['_SPENDREQUEST']._serialized_start=1860
+  _globals['_SPENDREQUEST']._serialized_end=2015
+  _globals['_SPENDRESPONSE']._serialized_start=2017
+  _globals['_SPENDRESPONSE']._serialized_end=2094
+  _globals['_GRANTREQUEST']._serialized_start=2097
+  _globals['_GRANTREQUEST']._serialized_end=2228
+  _globals['_GRANTRESPONSE']._serialized_start=2230
+  _globals['_GRANTRESPONSE']._serialized_end=2307
+  _globals['_REFUNDREQUEST']._serialized_start=2310
+  _globals['_REFUNDREQUEST']._serialized_end=2482
+  _globals['_REFUNDRESPONSE']._serialized_start=2484
+  _globals['_REFUNDRESPONSE']._serialized_end=2562
+  _globals['_GETTRANSACTIONREQUEST']._serialized_start=2564
+  _globals['_GETTRANSACTIONREQUEST']._serialized_end=2628
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=2630
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=2699
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=2702
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=2972
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=2974
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=3071
+  _globals['_VERIFYLEDGERREQUEST']._serialized_start=3073
+  _globals['_VERIFYLEDGERREQUEST']._serialized_end=3111
+  _globals['_VERIFYLEDGERRESPONSE']._serialized_start=3114
+  _globals['_VERIFYLEDGERRESPONSE']._serialized_end=3296
+  _globals['_LEDGERVIOLATION']._serialized_start=3298
+  _globals['_LEDGERVIOLATION']._serialized_end=3380
+  _globals['_RESERVEREQUEST']._serialized_start=3383
+  _globals['_RESERVEREQUEST']._serialized_end=3643
+  _globals['_RESERVERESPONSE']._serialized_start=3645
+  _globals['_RESERVERESPONSE']._serialized_end=3729
+  _globals['_CAPTUREREQUEST']._serialized_start=3732
+  _globals['_CAPTUREREQUEST']._serialized_end=3906
+  _globals['_CAPTURERESPONSE']._serialized_start=3909
+  _globals['_CAPTURERESPONSE']._serialized_end=4038
+  _globals['_RELEASEREQUEST']._serialized_start=4040
+  _globals['_RELEASEREQUEST']._serialized_end=4131
+  _globals['_RELEASERESPONSE']._serialized_start=4133
+  _globals['_RELEASERESPONSE']._serialized_end=4217
+  _globals['_GETHOLDREQUEST']._serialized_start=4219
+  _globals['_GETHOLDREQUEST']._serialized_end=4269
+  _globals['_GETHOLDRESPONSE']._serialized_start=4271
+  _globals['_GETHOLDRESPONSE']._serialized_end=4319
+  _globals['_LISTHOLDSREQUEST']._serialized_start=4321
+  _globals['_LISTHOLDSREQUEST']._serialized_end=4433
+  _globals['_LISTHOLDSRESPONSE']._serialized_start=4435
+  _globals['_LISTHOLDSRESPONSE']._serialized_end=4511
+  _globals['_CREDITSERVICE']._serialized_start=4854
+  _globals['_CREDITSERVICE']._serialized_end=5925
 # @@protoc_insertion_point(module_scope)

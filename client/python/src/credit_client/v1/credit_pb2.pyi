@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -56,6 +57,42 @@ TRANSACTION_TYPE_REFUND: TransactionType.ValueType  # 4
 TRANSACTION_TYPE_CARD_CHECK: TransactionType.ValueType  # 5
 """A payment-card check; reserved for payment integrations."""
 Global___TransactionType: _TypeAlias = TransactionType  # noqa: Y015
+
+class _HoldState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HoldStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HoldState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOLD_STATE_UNSPECIFIED: _HoldState.ValueType  # 0
+    """Not set; never stored."""
+    HOLD_STATE_ACTIVE: _HoldState.ValueType  # 1
+    """Credits are earmarked; the hold may be captured or released."""
+    HOLD_STATE_CAPTURED: _HoldState.ValueType  # 2
+    """Settled by a Capture."""
+    HOLD_STATE_RELEASED: _HoldState.ValueType  # 3
+    """Given back by a Release (or a Capture of 0)."""
+    HOLD_STATE_EXPIRED: _HoldState.ValueType  # 4
+    """Its expire_time passed before it was captured or released; its credits
+    are available again from that instant.
+    """
+
+class HoldState(_HoldState, metaclass=_HoldStateEnumTypeWrapper):
+    """The state of a hold."""
+
+HOLD_STATE_UNSPECIFIED: HoldState.ValueType  # 0
+"""Not set; never stored."""
+HOLD_STATE_ACTIVE: HoldState.ValueType  # 1
+"""Credits are earmarked; the hold may be captured or released."""
+HOLD_STATE_CAPTURED: HoldState.ValueType  # 2
+"""Settled by a Capture."""
+HOLD_STATE_RELEASED: HoldState.ValueType  # 3
+"""Given back by a Release (or a Capture of 0)."""
+HOLD_STATE_EXPIRED: HoldState.ValueType  # 4
+"""Its expire_time passed before it was captured or released; its credits
+are available again from that instant.
+"""
+Global___HoldState: _TypeAlias = HoldState  # noqa: Y015
 
 @_typing.final
 class User(_message.Message):
@@ -160,6 +197,7 @@ class Transaction(_message.Message):
     REFUNDED_AMOUNT_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
     CREATED_BY_CERTIFICATE_SUBJECT_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """The server-assigned identifier of the transaction."""
     user_id: _builtins.str
@@ -196,6 +234,10 @@ class Transaction(_message.Message):
     """The subject of the TLS client certificate the writer presented, e.g.
     "CN=billing,O=Example"; empty when it presented none.
     """
+    hold_id: _builtins.str
+    """For the USAGE transaction of a Capture, the hold it settled; empty
+    otherwise.
+    """
     @_builtins.property
     def usage(self) -> Global___UsageDetails:
         """What a USAGE transaction paid for; unset for other types."""
@@ -226,14 +268,101 @@ class Transaction(_message.Message):
         refunded_amount: _builtins.int = ...,
         created_by: _builtins.str = ...,
         created_by_certificate_subject: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "metadata", b"metadata", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "created_by", b"created_by", "created_by_certificate_subject", b"created_by_certificate_subject", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "reason", b"reason", "refunded_amount", b"refunded_amount", "refunded_transaction_id", b"refunded_transaction_id", "running_balance", b"running_balance", "sequence", b"sequence", "transaction_id", b"transaction_id", "type", b"type", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "created_by", b"created_by", "created_by_certificate_subject", b"created_by_certificate_subject", "hold_id", b"hold_id", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "reason", b"reason", "refunded_amount", b"refunded_amount", "refunded_transaction_id", b"refunded_transaction_id", "running_balance", b"running_balance", "sequence", b"sequence", "transaction_id", b"transaction_id", "type", b"type", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Transaction: _TypeAlias = Transaction  # noqa: Y015
+
+@_typing.final
+class Hold(_message.Message):
+    """Credits earmarked for one piece of work."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CAPTURED_AMOUNT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    CAPTURE_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    RELEASE_REASON_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The server-assigned identifier of the hold."""
+    user_id: _builtins.str
+    """The user whose credits are held."""
+    amount: _builtins.int
+    """The credits held."""
+    captured_amount: _builtins.int
+    """What a Capture charged (0 unless captured)."""
+    state: Global___HoldState.ValueType
+    """The hold's state, as of the answer (an active hold past its expire_time
+    is EXPIRED, whether or not the server has written that down yet).
+    """
+    capture_transaction_id: _builtins.str
+    """The USAGE transaction a Capture wrote; empty otherwise."""
+    idempotency_key: _builtins.str
+    """The idempotency key the hold was reserved with."""
+    release_reason: _builtins.str
+    """The reason given to Release; empty otherwise."""
+    @_builtins.property
+    def usage(self) -> Global___UsageDetails:
+        """What the work is (stored with the hold, and on the USAGE transaction of
+        its capture unless the Capture gives its own).
+        """
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Caller metadata given to Reserve, returned exactly as given."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the hold was placed."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the hold stops counting (if still active)."""
+
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was captured or released, or its expire_time if it expired;
+        unset while active.
+        """
+
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        captured_amount: _builtins.int = ...,
+        state: Global___HoldState.ValueType = ...,
+        usage: Global___UsageDetails | None = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+        capture_transaction_id: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        release_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "created_at", b"created_at", "expire_time", b"expire_time", "metadata", b"metadata", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "capture_transaction_id", b"capture_transaction_id", "captured_amount", b"captured_amount", "closed_at", b"closed_at", "created_at", b"created_at", "expire_time", b"expire_time", "hold_id", b"hold_id", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "release_reason", b"release_reason", "state", b"state", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hold: _TypeAlias = Hold  # noqa: Y015
 
 @_typing.final
 class CreateUserRequest(_message.Message):
@@ -367,12 +496,18 @@ class GetBalanceResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user the balance belongs to."""
     balance: _builtins.int
     """The current balance in credits."""
     last_sequence: _builtins.int
     """The sequence number of the user's latest transaction (0 if none)."""
+    held: _builtins.int
+    """Credits earmarked by active holds that have not expired."""
+    available: _builtins.int
+    """What spends and reserves may use: balance - held."""
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the balance last changed (the user's creation time if never)."""
@@ -384,10 +519,12 @@ class GetBalanceResponse(_message.Message):
         balance: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         last_sequence: _builtins.int = ...,
+        held: _builtins.int = ...,
+        available: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "last_sequence", b"last_sequence", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "held", b"held", "last_sequence", b"last_sequence", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -930,3 +1067,370 @@ class LedgerViolation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LedgerViolation: _TypeAlias = LedgerViolation  # noqa: Y015
+
+@_typing.final
+class ReserveRequest(_message.Message):
+    """Request for Reserve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user whose credits to hold."""
+    amount: _builtins.int
+    """The credits to hold; must be > 0 and at most the available balance."""
+    idempotency_key: _builtins.str
+    """Optional key that makes retries safe (at most 128 characters); the server
+    makes one when empty.
+    """
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the hold lasts from now."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the hold ends (must be in the future)."""
+
+    @_builtins.property
+    def usage(self) -> Global___UsageDetails:
+        """What the credits are held for."""
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Optional caller metadata stored with the hold (at most 16 KiB as JSON)."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        usage: Global___UsageDetails | None = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "expiry", b"expiry", "metadata", b"metadata", "ttl", b"ttl", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "expire_time", b"expire_time", "expiry", b"expiry", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "ttl", b"ttl", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_expiry: _TypeAlias = _typing.Literal["ttl", "expire_time"]  # noqa: Y015
+    _WhichOneofArgType_expiry: _TypeAlias = _typing.Literal["expiry", b"expiry"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_expiry) -> _WhichOneofReturnType_expiry | None: ...
+
+Global___ReserveRequest: _TypeAlias = ReserveRequest  # noqa: Y015
+
+@_typing.final
+class ReserveResponse(_message.Message):
+    """Response for Reserve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    balance: _builtins.int
+    """The balance right after (holds do not change it)."""
+    available: _builtins.int
+    """The available balance right after: balance minus active holds."""
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold (as placed, also when a retry is answered)."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+        balance: _builtins.int = ...,
+        available: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveResponse: _TypeAlias = ReserveResponse  # noqa: Y015
+
+@_typing.final
+class CaptureRequest(_message.Message):
+    """Request for Capture."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user the hold belongs to."""
+    hold_id: _builtins.str
+    """The hold to settle."""
+    amount: _builtins.int
+    """The real cost: >= 0. Less than held releases the rest; more takes the
+    excess from the available balance (INSUFFICIENT_BALANCE, and the hold
+    stays active, when it does not cover it); 0 releases the hold.
+    """
+    idempotency_key: _builtins.str
+    """Optional key that makes retries safe (at most 128 characters); the server
+    makes one when empty.
+    """
+    @_builtins.property
+    def usage(self) -> Global___UsageDetails:
+        """What the credits paid for; empty uses the hold's usage."""
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Optional caller metadata stored with the USAGE transaction."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        usage: Global___UsageDetails | None = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "hold_id", b"hold_id", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptureRequest: _TypeAlias = CaptureRequest  # noqa: Y015
+
+@_typing.final
+class CaptureResponse(_message.Message):
+    """Response for Capture."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    balance: _builtins.int
+    """The balance right after."""
+    available: _builtins.int
+    """The available balance right after."""
+    @_builtins.property
+    def transaction(self) -> Global___Transaction:
+        """The USAGE transaction written; unset for a capture of 0."""
+
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold, now captured (or released, for 0)."""
+
+    def __init__(
+        self,
+        *,
+        transaction: Global___Transaction | None = ...,
+        hold: Global___Hold | None = ...,
+        balance: _builtins.int = ...,
+        available: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "hold", b"hold", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptureResponse: _TypeAlias = CaptureResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseRequest(_message.Message):
+    """Request for Release."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user the hold belongs to."""
+    hold_id: _builtins.str
+    """The hold to give back."""
+    idempotency_key: _builtins.str
+    """Optional key that makes retries safe (at most 128 characters); the server
+    makes one when empty.
+    """
+    reason: _builtins.str
+    """Why the hold was released (at most 256 characters)."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "idempotency_key", b"idempotency_key", "reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRequest: _TypeAlias = ReleaseRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseResponse(_message.Message):
+    """Response for Release."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    balance: _builtins.int
+    """The balance right after."""
+    available: _builtins.int
+    """The available balance right after."""
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold, now released."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+        balance: _builtins.int = ...,
+        available: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseResponse: _TypeAlias = ReleaseResponse  # noqa: Y015
+
+@_typing.final
+class GetHoldRequest(_message.Message):
+    """Request for GetHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user the hold belongs to."""
+    hold_id: _builtins.str
+    """The hold."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHoldRequest: _TypeAlias = GetHoldRequest  # noqa: Y015
+
+@_typing.final
+class GetHoldResponse(_message.Message):
+    """Response for GetHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHoldResponse: _TypeAlias = GetHoldResponse  # noqa: Y015
+
+@_typing.final
+class ListHoldsRequest(_message.Message):
+    """Request for ListHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user whose holds to list."""
+    page_size: _builtins.int
+    """The maximum number of holds to return: 0 means 50, values above 1000
+    are treated as 1000, negative values are INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """The next_page_token of a previous call with the same filters; empty for
+    the first page.
+    """
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___HoldState.ValueType]:
+        """Only holds in these states (as of now: an active hold past its
+        expire_time is EXPIRED); empty means all.
+        """
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        states: _abc.Iterable[Global___HoldState.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "states", b"states", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsRequest: _TypeAlias = ListHoldsRequest  # noqa: Y015
+
+@_typing.final
+class ListHoldsResponse(_message.Message):
+    """Response for ListHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hold]:
+        """The holds, newest first."""
+
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[Global___Hold] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsResponse: _TypeAlias = ListHoldsResponse  # noqa: Y015

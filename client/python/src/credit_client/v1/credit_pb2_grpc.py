@@ -95,6 +95,31 @@ class CreditServiceStub:
                 request_serializer=credit_dot_v1_dot_credit__pb2.VerifyLedgerRequest.SerializeToString,
                 response_deserializer=credit_dot_v1_dot_credit__pb2.VerifyLedgerResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/credit.v1.CreditService/Reserve',
+                request_serializer=credit_dot_v1_dot_credit__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Capture = channel.unary_unary(
+                '/credit.v1.CreditService/Capture',
+                request_serializer=credit_dot_v1_dot_credit__pb2.CaptureRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.CaptureResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/credit.v1.CreditService/Release',
+                request_serializer=credit_dot_v1_dot_credit__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
+        self.GetHold = channel.unary_unary(
+                '/credit.v1.CreditService/GetHold',
+                request_serializer=credit_dot_v1_dot_credit__pb2.GetHoldRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.GetHoldResponse.FromString,
+                _registered_method=True)
+        self.ListHolds = channel.unary_unary(
+                '/credit.v1.CreditService/ListHolds',
+                request_serializer=credit_dot_v1_dot_credit__pb2.ListHoldsRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.ListHoldsResponse.FromString,
+                _registered_method=True)
 
 
 class CreditServiceServicer:
@@ -187,6 +212,46 @@ class CreditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """Earmarks credits for one piece of work whose cost is known only
+        afterwards. Fails with FAILED_PRECONDITION (reason INSUFFICIENT_BALANCE)
+        when the available balance (balance minus active holds) is too small.
+        A hold changes no balance and writes no transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Capture(self, request, context):
+        """Settles an active hold with the real cost: one USAGE transaction of
+        `amount`, linked to the hold; what was held and not used is released.
+        An amount above the hold takes the excess from the available balance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Gives all of an active hold back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHold(self, request, context):
+        """Returns one hold of a user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHolds(self, request, context):
+        """Lists a user's holds, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -239,6 +304,31 @@ def add_CreditServiceServicer_to_server(servicer, server):
                     servicer.VerifyLedger,
                     request_deserializer=credit_dot_v1_dot_credit__pb2.VerifyLedgerRequest.FromString,
                     response_serializer=credit_dot_v1_dot_credit__pb2.VerifyLedgerResponse.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.ReserveRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Capture': grpc.unary_unary_rpc_method_handler(
+                    servicer.Capture,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.CaptureRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.CaptureResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.ReleaseRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'GetHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHold,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.GetHoldRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.GetHoldResponse.SerializeToString,
+            ),
+            'ListHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHolds,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.ListHoldsRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.ListHoldsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -522,6 +612,141 @@ class CreditService:
             '/credit.v1.CreditService/VerifyLedger',
             credit_dot_v1_dot_credit__pb2.VerifyLedgerRequest.SerializeToString,
             credit_dot_v1_dot_credit__pb2.VerifyLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditService/Reserve',
+            credit_dot_v1_dot_credit__pb2.ReserveRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Capture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditService/Capture',
+            credit_dot_v1_dot_credit__pb2.CaptureRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.CaptureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditService/Release',
+            credit_dot_v1_dot_credit__pb2.ReleaseRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditService/GetHold',
+            credit_dot_v1_dot_credit__pb2.GetHoldRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.GetHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditService/ListHolds',
+            credit_dot_v1_dot_credit__pb2.ListHoldsRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.ListHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,23 @@ class CreditServiceStub:
     exceed their original, and no balance is negative without a TOP_UP
     refund to explain it.
     """
+    Reserve: _grpc.UnaryUnaryMultiCallable[_credit_pb2.ReserveRequest, _credit_pb2.ReserveResponse]
+    """Earmarks credits for one piece of work whose cost is known only
+    afterwards. Fails with FAILED_PRECONDITION (reason INSUFFICIENT_BALANCE)
+    when the available balance (balance minus active holds) is too small.
+    A hold changes no balance and writes no transaction.
+    """
+    Capture: _grpc.UnaryUnaryMultiCallable[_credit_pb2.CaptureRequest, _credit_pb2.CaptureResponse]
+    """Settles an active hold with the real cost: one USAGE transaction of
+    `amount`, linked to the hold; what was held and not used is released.
+    An amount above the hold takes the excess from the available balance.
+    """
+    Release: _grpc.UnaryUnaryMultiCallable[_credit_pb2.ReleaseRequest, _credit_pb2.ReleaseResponse]
+    """Gives all of an active hold back."""
+    GetHold: _grpc.UnaryUnaryMultiCallable[_credit_pb2.GetHoldRequest, _credit_pb2.GetHoldResponse]
+    """Returns one hold of a user."""
+    ListHolds: _grpc.UnaryUnaryMultiCallable[_credit_pb2.ListHoldsRequest, _credit_pb2.ListHoldsResponse]
+    """Lists a user's holds, newest first."""
 
 @_typing.type_check_only
 class CreditServiceAsyncStub(CreditServiceStub):
@@ -119,6 +136,23 @@ class CreditServiceAsyncStub(CreditServiceStub):
     exceed their original, and no balance is negative without a TOP_UP
     refund to explain it.
     """
+    Reserve: _aio.UnaryUnaryMultiCallable[_credit_pb2.ReserveRequest, _credit_pb2.ReserveResponse]  # type: ignore[assignment]
+    """Earmarks credits for one piece of work whose cost is known only
+    afterwards. Fails with FAILED_PRECONDITION (reason INSUFFICIENT_BALANCE)
+    when the available balance (balance minus active holds) is too small.
+    A hold changes no balance and writes no transaction.
+    """
+    Capture: _aio.UnaryUnaryMultiCallable[_credit_pb2.CaptureRequest, _credit_pb2.CaptureResponse]  # type: ignore[assignment]
+    """Settles an active hold with the real cost: one USAGE transaction of
+    `amount`, linked to the hold; what was held and not used is released.
+    An amount above the hold takes the excess from the available balance.
+    """
+    Release: _aio.UnaryUnaryMultiCallable[_credit_pb2.ReleaseRequest, _credit_pb2.ReleaseResponse]  # type: ignore[assignment]
+    """Gives all of an active hold back."""
+    GetHold: _aio.UnaryUnaryMultiCallable[_credit_pb2.GetHoldRequest, _credit_pb2.GetHoldResponse]  # type: ignore[assignment]
+    """Returns one hold of a user."""
+    ListHolds: _aio.UnaryUnaryMultiCallable[_credit_pb2.ListHoldsRequest, _credit_pb2.ListHoldsResponse]  # type: ignore[assignment]
+    """Lists a user's holds, newest first."""
 
 class CreditServiceServicer(metaclass=_abc_1.ABCMeta):
     """CreditService keeps a prepaid credit balance per user and an append-only
@@ -222,5 +256,52 @@ class CreditServiceServicer(metaclass=_abc_1.ABCMeta):
         exceed their original, and no balance is negative without a TOP_UP
         refund to explain it.
         """
+
+    @_abc_1.abstractmethod
+    def Reserve(
+        self,
+        request: _credit_pb2.ReserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credit_pb2.ReserveResponse, _abc.Awaitable[_credit_pb2.ReserveResponse]]:
+        """Earmarks credits for one piece of work whose cost is known only
+        afterwards. Fails with FAILED_PRECONDITION (reason INSUFFICIENT_BALANCE)
+        when the available balance (balance minus active holds) is too small.
+        A hold changes no balance and writes no transaction.
+        """
+
+    @_abc_1.abstractmethod
+    def Capture(
+        self,
+        request: _credit_pb2.CaptureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credit_pb2.CaptureResponse, _abc.Awaitable[_credit_pb2.CaptureResponse]]:
+        """Settles an active hold with the real cost: one USAGE transaction of
+        `amount`, linked to the hold; what was held and not used is released.
+        An amount above the hold takes the excess from the available balance.
+        """
+
+    @_abc_1.abstractmethod
+    def Release(
+        self,
+        request: _credit_pb2.ReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credit_pb2.ReleaseResponse, _abc.Awaitable[_credit_pb2.ReleaseResponse]]:
+        """Gives all of an active hold back."""
+
+    @_abc_1.abstractmethod
+    def GetHold(
+        self,
+        request: _credit_pb2.GetHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credit_pb2.GetHoldResponse, _abc.Awaitable[_credit_pb2.GetHoldResponse]]:
+        """Returns one hold of a user."""
+
+    @_abc_1.abstractmethod
+    def ListHolds(
+        self,
+        request: _credit_pb2.ListHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credit_pb2.ListHoldsResponse, _abc.Awaitable[_credit_pb2.ListHoldsResponse]]:
+        """Lists a user's holds, newest first."""
 
 def add_CreditServiceServicer_to_server(servicer: CreditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
