@@ -23,7 +23,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{CaseStatement, Expr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, IntoActiveModel, QueryFilter, QueryOrder,
     QuerySelect,
@@ -39,38 +39,49 @@ use super::rows::to_row;
 use super::rules::Account;
 use crate::entity::credit_hold as holds;
 
-/// Loads, under the batch's locks, every ACTIVE hold of the users whose
-/// holds the batch may close or must expire, and every hold a request names.
+/// Loads, under the batch's locks, every hold a request names (by primary
+/// key) and, for the users whose earliest expiry has passed, all their
+/// ACTIVE holds (to write the expired ones down and find the next expiry).
+/// Nothing else: a capture or release needs only its own hold, because
+/// `holds_expire_at` is kept as a lower bound (see `recompute_expiry`).
 pub async fn load<C: ConnectionTrait>(
     db: &C,
     batch: &[&Pending],
     accounts: &HashMap<String, Account>,
     now: DateTime<Utc>,
 ) -> Result<HashMap<String, holds::Model>, LedgerError> {
-    let mut users: HashSet<&str> = accounts
+    let due: HashSet<&str> = accounts
         .iter()
         .filter(|(_, a)| a.holds_expire_at.is_some_and(|at| at <= now))
         .map(|(u, _)| u.as_str())
         .collect();
-    let mut named: HashSet<&str> = HashSet::new();
-    for p in batch {
-        if let Operation::Capture { hold_id, .. } | Operation::Release { hold_id, .. } =
-            &p.req.operation
-        {
-            users.insert(p.req.user_id.as_str());
-            named.insert(hold_id.as_str());
-        }
+    let named: HashSet<&str> = batch
+        .iter()
+        .filter_map(|p| match &p.req.operation {
+            Operation::Capture { hold_id, .. } | Operation::Release { hold_id, .. } => {
+                Some(hold_id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    let mut rows = Vec::new();
+    if !named.is_empty() {
+        rows.extend(
+            holds::Entity::find()
+                .filter(holds::Column::Id.is_in(named))
+                .all(db)
+                .await?,
+        );
     }
-    if users.is_empty() {
-        return Ok(HashMap::new());
+    if !due.is_empty() {
+        rows.extend(
+            holds::Entity::find()
+                .filter(holds::Column::UserId.is_in(due))
+                .filter(holds::Column::State.eq(HoldState::Active.as_str()))
+                .all(db)
+                .await?,
+        );
     }
-    let active = holds::Column::UserId
-        .is_in(users)
-        .and(holds::Column::State.eq(HoldState::Active.as_str()));
-    let rows = holds::Entity::find()
-        .filter(active.or(holds::Column::Id.is_in(named)))
-        .all(db)
-        .await?;
     Ok(rows.into_iter().map(|h| (h.id.clone(), h)).collect())
 }
 
@@ -92,15 +103,19 @@ pub async fn by_key<C: ConnectionTrait>(
     }
     let users: HashSet<&str> = wanted.iter().map(|(u, _)| *u).collect();
     let keys: HashSet<&str> = wanted.iter().map(|(_, k)| *k).collect();
-    let rows = holds::Entity::find()
-        .filter(holds::Column::UserId.is_in(users))
-        .filter(
-            holds::Column::IdempotencyKey
-                .is_in(keys.iter().copied())
-                .or(holds::Column::CloseKey.is_in(keys.iter().copied())),
-        )
-        .all(db)
-        .await?;
+    // Two probes, each of its own unique (user_id, key) index: one query
+    // with `key IN .. OR close_key IN ..` lets a database scan all of a busy
+    // user's holds instead.
+    let mut rows = Vec::new();
+    for column in [holds::Column::IdempotencyKey, holds::Column::CloseKey] {
+        rows.extend(
+            holds::Entity::find()
+                .filter(holds::Column::UserId.is_in(users.iter().copied()))
+                .filter(column.is_in(keys.iter().copied()))
+                .all(db)
+                .await?,
+        );
+    }
     for row in rows {
         let reserve = (row.user_id.clone(), row.idempotency_key.clone());
         if wanted.contains(&(reserve.0.as_str(), reserve.1.as_str())) {
@@ -128,31 +143,70 @@ pub async fn write<C: ConnectionTrait>(db: &C, state: &BatchState) -> Result<(),
             .exec_without_returning(db)
             .await?;
     }
-    // Closes are rarer than spends: one UPDATE each.
-    for id in state.changed_holds.difference(&state.new_holds) {
-        let Some(h) = state.holds.get(id) else {
-            continue;
+    // Every hold the batch closed or expired, in one UPDATE (a CASE per
+    // column, like the balance rows).
+    let closed: Vec<&holds::Model> = state
+        .changed_holds
+        .difference(&state.new_holds)
+        .filter_map(|id| state.holds.get(id))
+        .collect();
+    if closed.is_empty() {
+        return Ok(());
+    }
+    use holds::Column as C;
+    let case =
+        |value: fn(&holds::Model) -> sea_orm::Value, column: C| -> sea_orm::sea_query::SimpleExpr {
+            closed
+                .iter()
+                .fold(CaseStatement::new(), |case, h| {
+                    case.case(C::Id.eq(h.id.as_str()), Expr::val(value(h)))
+                })
+                .finally(Expr::col(column))
+                .into()
         };
-        use holds::Column as C;
-        holds::Entity::update_many()
-            .col_expr(C::State, Expr::value(h.state.clone()))
-            .col_expr(C::CapturedAmount, Expr::value(h.captured_amount))
-            .col_expr(C::ClosedAt, Expr::value(h.closed_at))
-            .col_expr(
+    let result = holds::Entity::update_many()
+        .col_expr(C::State, case(|h| h.state.clone().into(), C::State))
+        .col_expr(
+            C::CapturedAmount,
+            case(|h| h.captured_amount.into(), C::CapturedAmount),
+        )
+        .col_expr(C::ClosedAt, case(|h| h.closed_at.into(), C::ClosedAt))
+        .col_expr(
+            C::CaptureTransactionId,
+            case(
+                |h| h.capture_transaction_id.clone().into(),
                 C::CaptureTransactionId,
-                Expr::value(h.capture_transaction_id.clone()),
-            )
-            .col_expr(C::CloseKey, Expr::value(h.close_key.clone()))
-            .col_expr(
-                C::CloseFingerprint,
-                Expr::value(h.close_fingerprint.clone()),
-            )
-            .col_expr(C::CloseBalance, Expr::value(h.close_balance))
-            .col_expr(C::CloseAvailable, Expr::value(h.close_available))
-            .col_expr(C::ReleaseReason, Expr::value(h.release_reason.clone()))
-            .filter(C::Id.eq(id.as_str()))
-            .exec(db)
-            .await?;
+            ),
+        )
+        .col_expr(
+            C::CloseKey,
+            case(|h| h.close_key.clone().into(), C::CloseKey),
+        )
+        .col_expr(
+            C::CloseFingerprint,
+            case(|h| h.close_fingerprint.clone().into(), C::CloseFingerprint),
+        )
+        .col_expr(
+            C::CloseBalance,
+            case(|h| h.close_balance.into(), C::CloseBalance),
+        )
+        .col_expr(
+            C::CloseAvailable,
+            case(|h| h.close_available.into(), C::CloseAvailable),
+        )
+        .col_expr(
+            C::ReleaseReason,
+            case(|h| h.release_reason.clone().into(), C::ReleaseReason),
+        )
+        .filter(C::Id.is_in(closed.iter().map(|h| h.id.as_str())))
+        .exec(db)
+        .await?;
+    if result.rows_affected != closed.len() as u64 {
+        return Err(LedgerError::Internal(format!(
+            "updated {} holds of {} closed",
+            result.rows_affected,
+            closed.len()
+        )));
     }
     Ok(())
 }
@@ -188,7 +242,12 @@ impl BatchState {
         }
     }
 
-    /// The earliest expire_time among `user`'s ACTIVE holds (all loaded).
+    /// `holds_expire_at` after the sweep: the earliest expire_time among
+    /// `user`'s ACTIVE holds, all of which `load` read for a user due one.
+    /// A capture or release leaves it as it was: a lower bound of the next
+    /// expiry is all correctness needs (a bound that passes early costs one
+    /// sweep, which sets it exactly), and keeping it saves reading every
+    /// active hold on every close.
     fn recompute_expiry(&mut self, user: &str) {
         let next = self
             .holds
@@ -414,7 +473,9 @@ impl BatchState {
         if let Some(t) = &transaction {
             self.rows.push(to_row(t, pending.fingerprint.clone()));
         }
-        self.recompute_expiry(&req.user_id);
+        // held changed; holds_expire_at stays a valid lower bound of the
+        // next expiry (`recompute_expiry`).
+        self.changed_hold_accounts.insert(req.user_id.clone());
         Ok(WriteOutcome {
             transaction,
             hold: Some(answer),

@@ -1,6 +1,6 @@
 //! The verifier's checks of a user's holds (`verify.rs` checks the rest):
-//! `held` is the sum of the ACTIVE holds and `holds_expire_at` their
-//! earliest expiry; every hold's fields agree with its state; every
+//! `held` is the sum of the ACTIVE holds and `holds_expire_at` no later
+//! than their earliest expiry; every hold's fields agree with its state; every
 //! captured hold has exactly one USAGE transaction of its captured amount
 //! and no transaction names a hold it did not capture (so no hold was
 //! closed twice); and `available = balance - held >= 0` by the holds not
@@ -146,10 +146,15 @@ pub async fn check(
             format!("transactions {txs:?} name hold {hold}, which is not this user's"),
         );
     }
-    if account.held != held
-        || account.holds_expire_at != next_expiry
-        || account.hold_count != holds.len() as i64
-    {
+    // `holds_expire_at` is a lower bound of the next expiry (exact after a
+    // sweep; a close may leave it earlier): it must not be later than any
+    // active hold's expire_time, or an expiry could go unnoticed.
+    let bound_ok = match (account.holds_expire_at, next_expiry) {
+        (_, None) => true,
+        (Some(bound), Some(next)) => bound <= next,
+        (None, Some(_)) => false,
+    };
+    if account.held != held || !bound_ok || account.hold_count != holds.len() as i64 {
         report.push(
             user,
             None,
