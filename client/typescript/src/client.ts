@@ -16,13 +16,17 @@
  * passed as `number` too when they are safe integers.
  */
 import type { JsonObject } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import type { Client, Transport } from "@connectrpc/connect";
 
-import { CreditService, TransactionType } from "./gen/credit/v1/credit_pb.js";
+import { CreditService, HoldState, TransactionType } from "./gen/credit/v1/credit_pb.js";
 import type {
+  CaptureResponse,
   GetBalanceResponse,
+  Hold,
+  ReleaseResponse,
+  ReserveResponse,
   Transaction,
   User,
   VerifyLedgerResponse,
@@ -160,6 +164,77 @@ export interface Page {
 export interface Receipt {
   transaction: Transaction;
   balance: bigint;
+}
+
+/** Credits to hold for work whose cost is known later. */
+export interface ReserveInput extends WriteOptions {
+  userId: string;
+  /** The credits to hold; > 0 and at most the available balance. */
+  amount: Amount;
+  /** How long the hold lasts, in ms (whole ms). At most one of ttlMs and expireTime. */
+  ttlMs?: number;
+  /** When the hold ends (in the future). Without it or ttlMs, the server's default TTL. */
+  expireTime?: Date;
+  /** What the credits are held for (also the capture's usage unless it gives its own). */
+  usage?: UsageInput;
+}
+
+/** The real cost of the work a hold was placed for. */
+export interface CaptureInput extends WriteOptions {
+  userId: string;
+  /** The hold to settle. */
+  holdId: string;
+  /** The real cost, >= 0; 0 releases the hold. */
+  amount: Amount;
+  /** What the credits paid for; the hold's usage when omitted. */
+  usage?: UsageInput;
+}
+
+/** A hold to give back. */
+export interface ReleaseInput {
+  userId: string;
+  /** The hold to give back. */
+  holdId: string;
+  /** Why (at most 256 characters). */
+  reason?: string;
+  /** The key that makes this release safe to send again; a random UUID when omitted. */
+  idempotencyKey?: string;
+}
+
+/** Which of a user's holds to list. */
+export interface HoldQuery {
+  userId: string;
+  /** Only holds in these states (as of now); all when empty or omitted. */
+  states?: HoldState[];
+  /** Holds per page: the server's default (50) when omitted, at most 1000. */
+  pageSize?: number;
+}
+
+/** A query for one page of holds: a {@link HoldQuery} plus where to start. */
+export interface HoldPageQuery extends HoldQuery {
+  /** The nextPageToken of an earlier page of the same query; the first page when omitted. */
+  pageToken?: string;
+}
+
+/** One page of holds. */
+export interface HoldPage {
+  /** The holds, newest first. */
+  holds: Hold[];
+  /** The token for the next page; undefined on the last page. */
+  nextPageToken: string | undefined;
+}
+
+/**
+ * The answer of reserve, capture and release: the hold as it is now, the
+ * USAGE transaction a capture of more than 0 wrote, and the balances after.
+ */
+export interface HoldReceipt {
+  hold: Hold;
+  /** The USAGE transaction of a capture; undefined for reserve, release and a capture of 0. */
+  transaction: Transaction | undefined;
+  balance: bigint;
+  /** balance minus the active holds. */
+  available: bigint;
 }
 
 /** A user's balance (the generated GetBalanceResponse). */
@@ -395,6 +470,129 @@ export class CreditClient {
       yield* page.transactions;
       if (page.nextPageToken !== undefined && page.nextPageToken === pageToken) {
         // A server that hands back the token it was given would loop forever.
+        throw new InvalidResponse("the server returned the page token it was given");
+      }
+      pageToken = page.nextPageToken;
+    } while (pageToken !== undefined);
+  }
+
+  async #holdWrite(
+    send: (
+      idempotencyKey: string,
+      options: { timeoutMs: number; signal?: AbortSignal; headers: Record<string, string> },
+    ) => Promise<ReserveResponse | CaptureResponse | ReleaseResponse>,
+    input: { idempotencyKey?: string },
+    options: CallOptions | undefined,
+  ): Promise<HoldReceipt> {
+    // Made once, before the first attempt: every retry sends the same key.
+    const idempotencyKey = input.idempotencyKey ?? newIdempotencyKey();
+    const response = await this.#call((o) => send(idempotencyKey, o), options);
+    return {
+      hold: required(response.hold, "hold"),
+      transaction: "transaction" in response ? response.transaction : undefined,
+      balance: response.balance,
+      available: response.available,
+    };
+  }
+
+  /**
+   * Holds credits for work whose cost is known only afterwards; rejects with
+   * InsufficientBalance when the available balance is too small. The hold
+   * ends after `ttlMs`, at `expireTime`, or after the server's default TTL.
+   */
+  async reserve(input: ReserveInput, options?: CallOptions): Promise<HoldReceipt> {
+    const amount = toInt64(input.amount, "amount");
+    if (input.ttlMs !== undefined && input.expireTime !== undefined) {
+      throw new InvalidInput("give ttlMs or expireTime, not both");
+    }
+    if (input.ttlMs !== undefined && !Number.isSafeInteger(input.ttlMs)) {
+      throw new InvalidInput(`ttlMs must be a whole number of ms, got ${input.ttlMs}`);
+    }
+    const expiry =
+      input.ttlMs !== undefined
+        ? { case: "ttl" as const, value: durationFromMs(input.ttlMs) }
+        : input.expireTime !== undefined
+          ? { case: "expireTime" as const, value: timestampFromDate(input.expireTime) }
+          : { case: undefined };
+    return this.#holdWrite(
+      (idempotencyKey, o) =>
+        this.raw.reserve(
+          { userId: input.userId, amount, idempotencyKey, expiry, usage: input.usage, metadata: input.metadata },
+          o,
+        ),
+      input,
+      options,
+    );
+  }
+
+  /**
+   * Settles an active hold with the real cost: one USAGE transaction, the
+   * rest released (0 releases it all). Rejects with HoldNotFound,
+   * HoldNotActive, HoldExpired or InsufficientBalance.
+   */
+  async capture(input: CaptureInput, options?: CallOptions): Promise<HoldReceipt> {
+    const amount = toInt64(input.amount, "amount");
+    return this.#holdWrite(
+      (idempotencyKey, o) =>
+        this.raw.capture(
+          {
+            userId: input.userId,
+            holdId: input.holdId,
+            amount,
+            idempotencyKey,
+            usage: input.usage,
+            metadata: input.metadata,
+          },
+          o,
+        ),
+      input,
+      options,
+    );
+  }
+
+  /** Gives all of an active hold back; rejects with HoldNotFound, HoldNotActive or HoldExpired. */
+  async release(input: ReleaseInput, options?: CallOptions): Promise<HoldReceipt> {
+    return this.#holdWrite(
+      (idempotencyKey, o) =>
+        this.raw.release(
+          { userId: input.userId, holdId: input.holdId, idempotencyKey, reason: input.reason ?? "" },
+          o,
+        ),
+      input,
+      options,
+    );
+  }
+
+  /** Returns one hold of a user; rejects with HoldNotFound when there is none. */
+  async getHold(userId: string, holdId: string, options?: CallOptions): Promise<Hold> {
+    const response = await this.#call((o) => this.raw.getHold({ userId, holdId }, o), options);
+    return required(response.hold, "hold");
+  }
+
+  /** One page of a user's holds, newest first. */
+  async listHolds(query: HoldPageQuery, options?: CallOptions): Promise<HoldPage> {
+    const pageSize = query.pageSize ?? 0;
+    if (!Number.isInteger(pageSize)) throw new InvalidInput(`pageSize must be an integer, got ${pageSize}`);
+    const request = {
+      userId: query.userId,
+      states: query.states ?? [],
+      pageSize: Math.min(pageSize, 1000),
+      pageToken: query.pageToken ?? "",
+    };
+    const response = await this.#call((o) => this.raw.listHolds(request, o), options);
+    return {
+      holds: response.holds,
+      nextPageToken: response.nextPageToken === "" ? undefined : response.nextPageToken,
+    };
+  }
+
+  /** Every matching hold, newest first, fetching pages as the iterator is read. */
+  async *iterHolds(query: HoldQuery, options?: CallOptions): AsyncGenerator<Hold, void, undefined> {
+    let pageToken: string | undefined;
+    do {
+      const page: HoldPage = await this.listHolds({ ...query, pageToken }, options);
+      yield* page.holds;
+      if (page.nextPageToken !== undefined && page.nextPageToken === pageToken) {
         throw new InvalidResponse("the server returned the page token it was given");
       }
       pageToken = page.nextPageToken;

@@ -151,7 +151,7 @@ export class BalanceOverflow extends CreditError {
   }
 }
 
-/** NOT_FOUND: a user or transaction does not exist (see the two subclasses). */
+/** NOT_FOUND: a user, transaction or hold does not exist (see the subclasses). */
 export class NotFound extends CreditError {}
 
 /** USER_NOT_FOUND. */
@@ -246,6 +246,52 @@ export class NotRefundable extends CreditError {
   }
 }
 
+/** HOLD_NOT_FOUND (NOT_FOUND): the user has no hold with this id. */
+export class HoldNotFound extends NotFound {
+  /** The user the hold was looked for under. */
+  get userId(): string {
+    return this.textMeta("userId");
+  }
+
+  /** The hold that was looked for. */
+  get holdId(): string {
+    return this.textMeta("holdId");
+  }
+}
+
+/** HOLD_NOT_ACTIVE (FAILED_PRECONDITION): the hold was already captured or released. */
+export class HoldNotActive extends CreditError {
+  /** The hold. */
+  get holdId(): string {
+    return this.textMeta("holdId");
+  }
+
+  /** Its state as the server names it: `CAPTURED` or `RELEASED`. */
+  get state(): string {
+    return this.textMeta("state");
+  }
+}
+
+/**
+ * HOLD_EXPIRED (FAILED_PRECONDITION): the hold's expire time passed before it
+ * was captured or released; its credits are available again.
+ */
+export class HoldExpired extends CreditError {
+  /** The hold. */
+  get holdId(): string {
+    return this.textMeta("holdId");
+  }
+
+  /** When it expired. */
+  get expireTime(): Date {
+    const time = new Date(this.textMeta("expireTime"));
+    if (Number.isNaN(time.getTime())) {
+      throw new TypeError(`${this.name}: ErrorInfo metadata expireTime is not a time`);
+    }
+    return time;
+  }
+}
+
 /** PERMISSION_DENIED: the credentials do not allow this call. */
 export class PermissionDenied extends CreditError {}
 
@@ -284,6 +330,9 @@ export const ERRORS_BY_REASON: Readonly<Record<string, ErrorClass>> = Object.fre
   INSUFFICIENT_BALANCE: InsufficientBalance,
   REFUND_EXCEEDS_ORIGINAL: RefundExceedsOriginal,
   NOT_REFUNDABLE: NotRefundable,
+  HOLD_NOT_FOUND: HoldNotFound,
+  HOLD_NOT_ACTIVE: HoldNotActive,
+  HOLD_EXPIRED: HoldExpired,
   PERMISSION_DENIED: PermissionDenied,
   UNAUTHENTICATED: Unauthenticated,
   OVERLOADED: Overloaded,
