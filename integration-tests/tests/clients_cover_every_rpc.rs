@@ -25,6 +25,11 @@ const CLI_COMMANDS: &[(&str, &str)] = &[
     ("GetTransaction", "transaction"),
     ("ListTransactions", "history"),
     ("VerifyLedger", "verify"),
+    ("Reserve", "hold reserve"),
+    ("Capture", "hold capture"),
+    ("Release", "hold release"),
+    ("GetHold", "hold get"),
+    ("ListHolds", "hold list"),
 ];
 
 /// Python methods whose names are not the RPC's in snake_case.

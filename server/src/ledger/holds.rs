@@ -103,19 +103,27 @@ pub async fn by_key<C: ConnectionTrait>(
     }
     let users: HashSet<&str> = wanted.iter().map(|(u, _)| *u).collect();
     let keys: HashSet<&str> = wanted.iter().map(|(_, k)| *k).collect();
-    // Two probes, each of its own unique (user_id, key) index: one query
-    // with `key IN .. OR close_key IN ..` lets a database scan all of a busy
-    // user's holds instead.
-    let mut rows = Vec::new();
-    for column in [holds::Column::IdempotencyKey, holds::Column::CloseKey] {
-        rows.extend(
-            holds::Entity::find()
-                .filter(holds::Column::UserId.is_in(users.iter().copied()))
-                .filter(column.is_in(keys.iter().copied()))
-                .all(db)
-                .await?,
-        );
-    }
+    // Two probes in one statement (UNION ALL), each of its own unique
+    // (user_id, key) index: `key IN .. OR close_key IN ..` would let a
+    // database scan all of a busy user's holds instead.
+    let probe = |column: holds::Column| {
+        sea_orm::sea_query::Query::select()
+            .column(sea_orm::sea_query::Asterisk)
+            .from(holds::Entity)
+            .and_where(holds::Column::UserId.is_in(users.iter().copied()))
+            .and_where(column.is_in(keys.iter().copied()))
+            .to_owned()
+    };
+    let union = probe(holds::Column::IdempotencyKey)
+        .union(
+            sea_orm::sea_query::UnionType::All,
+            probe(holds::Column::CloseKey),
+        )
+        .to_owned();
+    let rows = holds::Entity::find()
+        .from_raw_sql(db.get_database_backend().build(&union))
+        .all(db)
+        .await?;
     for row in rows {
         let reserve = (row.user_id.clone(), row.idempotency_key.clone());
         if wanted.contains(&(reserve.0.as_str(), reserve.1.as_str())) {
