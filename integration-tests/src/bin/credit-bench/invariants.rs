@@ -23,6 +23,36 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
 use crate::grpc::Client;
 use credit_proto::v1 as pb;
 
+/// Users the server's own verifier checks after each run (all of them when
+/// a run has fewer).
+const VERIFIED_USERS: usize = 64;
+
+/// The server's own verifier (`Ledger::verify`'s code, the same as
+/// `credit-server verify`) on up to `VERIFIED_USERS` of the run's users,
+/// spread over them: every rule, holds included. The set-level SQL of
+/// [`check_sql`] covers every user of a 10,000-user run in a few statements;
+/// this covers every rule without a second copy of them.
+pub async fn verify_sample(
+    db: &DatabaseConnection,
+    users: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let step = users.len().div_ceil(VERIFIED_USERS).max(1);
+    let mut violations = Vec::new();
+    for user in users.iter().step_by(step) {
+        let report = credit_server::ledger::verify::verify(db, Some(user))
+            .await
+            .with_context(|| format!("cannot verify {user}"))?;
+        violations.extend(
+            report
+                .violations
+                .iter()
+                .take(SHOWN as usize)
+                .map(|v| format!("verifier: {} {}: {}", v.user_id, v.kind, v.detail)),
+        );
+    }
+    Ok(violations)
+}
+
 /// Most violations listed per check.
 const SHOWN: u64 = 20;
 

@@ -340,7 +340,12 @@ async fn bench(
                 let holds = scenario == Scenario::ReserveCapture;
                 let check = match &env.check_db {
                     Some(db) => {
-                        invariants::check_sql(db, prefix, workload.users.len(), holds).await?
+                        let mut check =
+                            invariants::check_sql(db, prefix, workload.users.len(), holds).await?;
+                        check
+                            .violations
+                            .extend(invariants::verify_sample(db, &workload.users).await?);
+                        check
                     }
                     None => invariants::check_api(&env.clients[0], &workload.users, holds).await?,
                 };
