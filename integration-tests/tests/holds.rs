@@ -584,3 +584,82 @@ async fn holds_survive_kill_9_and_expire_as_stated() -> anyhow::Result<()> {
     drop(server);
     db.drop_database().await
 }
+
+/// Two server processes over one database: holds are serialised by the
+/// row lock in the database, not by memory in one process. Reserves from
+/// both take only what is available; captures of one hold from both
+/// succeed exactly once.
+async fn holds_across_processes(db: &integration_tests::TestDb) -> anyhow::Result<()> {
+    use integration_tests::process::ServerProcess;
+    let a = ServerProcess::start(&db.url, &[]).await?;
+    let b = ServerProcess::start(&db.url, &[]).await?;
+    let mut c = a.client().await?;
+    api::create_user(&mut c, "u").await?;
+    api::top_up(&mut c, "u", 500).await?;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(if i % 2 == 0 {
+            a.client().await?
+        } else {
+            b.client().await?
+        });
+    }
+    let reserves =
+        clients
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, mut c)| async move {
+                reserve(&mut c, "u", 100, &format!("x{i}"), Some(600)).await
+            });
+    let placed: Vec<String> = join_all(reserves)
+        .await
+        .into_iter()
+        .filter_map(|r| r.ok().map(|r| hold_id(&r)))
+        .collect();
+    ensure!(
+        placed.len() == 5,
+        "{} of 10 reserves across two processes",
+        placed.len()
+    );
+    let hold = placed[0].clone();
+    let captures = clients.iter().cloned().enumerate().map(|(i, mut c)| {
+        let hold = hold.clone();
+        async move { capture(&mut c, "u", &hold, 10 + i as i64, &format!("xc{i}")).await }
+    });
+    let won = join_all(captures)
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count();
+    ensure!(won == 1, "{won} captures of one hold across two processes");
+    let b_balance = balance(&mut c, "u").await?;
+    ensure!(b_balance.held == 400, "{b_balance:?}");
+    let report = c
+        .verify_ledger(pb::VerifyLedgerRequest::default())
+        .await?
+        .into_inner();
+    ensure!(report.clean, "{}", report.report);
+    drop((a, b));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_holds_across_processes() {
+    integration_tests::run_on_database(
+        "holds_across_processes",
+        integration_tests::Backend::Postgres,
+        holds_across_processes,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_holds_across_processes() {
+    integration_tests::run_on_database(
+        "holds_across_processes",
+        integration_tests::Backend::MySql,
+        holds_across_processes,
+    )
+    .await
+}
