@@ -302,8 +302,18 @@ impl Dispatcher {
     }
 
     /// The earliest time a deferred user may be tried again.
+    ///
+    /// Only a time still ahead counts: a user already due that could not
+    /// start (no free slot, its writes in flight, every waiting batch taken)
+    /// starts when a batch finishes, which wakes the loop anyway. Counting
+    /// it would make the loop spin on a deadline in the past.
     fn next_retry(&self) -> Option<Instant> {
-        self.deferred.values().map(|d| d.retry_at).min()
+        let now = Instant::now();
+        self.deferred
+            .values()
+            .map(|d| d.retry_at)
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// Takes up to `MAX_BATCH` ready writes, oldest first; the others keep
