@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use credit_proto::v1 as pb;
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::stream::BoxStream;
 use serde::Serialize;
 
 use crate::model::{proto_json, timestamp};
@@ -93,34 +93,18 @@ impl ListTransactions<'_> {
     /// first error.
     pub fn stream(self) -> BoxStream<'static, Result<Transaction, Error>> {
         let client = self.client.clone();
-        let pages = stream::try_unfold(Some(self.message), move |next| {
-            let client = client.clone();
-            async move {
-                let Some(message) = next else {
-                    return Ok(None);
-                };
-                let page = fetch(&client, message.clone()).await?;
-                let following = match page.next_page_token {
-                    // A server that hands back the token it was given would
-                    // make this stream loop forever.
-                    Some(token) if token == message.page_token => {
-                        return Err(Error::InvalidResponse(
-                            "the server returned the page token it was given".to_owned(),
-                        ));
-                    }
-                    Some(token) => Some(pb::ListTransactionsRequest {
-                        page_token: token,
-                        ..message
-                    }),
-                    None => None,
-                };
-                Ok(Some((page.transactions, following)))
-            }
-        });
-        pages
-            .map_ok(|transactions| stream::iter(transactions.into_iter().map(Ok)))
-            .try_flatten()
-            .boxed()
+        crate::paging::stream(
+            self.message,
+            |m| m.page_token.as_str(),
+            |m, page_token| pb::ListTransactionsRequest { page_token, ..m },
+            move |message| {
+                let client = client.clone();
+                async move {
+                    let page = fetch(&client, message).await?;
+                    Ok((page.transactions, page.next_page_token))
+                }
+            },
+        )
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use credit_proto::v1 as pb;
 use futures::future::BoxFuture;
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::stream::BoxStream;
 use serde::{Serialize, Serializer};
 use serde_json::Value as Json;
 
@@ -527,32 +527,18 @@ impl ListHolds<'_> {
     /// read. The stream ends after the last page, or with the first error.
     pub fn stream(self) -> BoxStream<'static, Result<Hold, Error>> {
         let client = self.client.clone();
-        let pages = stream::try_unfold(Some(self.message), move |next| {
-            let client = client.clone();
-            async move {
-                let Some(message) = next else {
-                    return Ok(None);
-                };
-                let page = fetch(&client, message.clone()).await?;
-                let following = match page.next_page_token {
-                    Some(token) if token == message.page_token => {
-                        return Err(Error::InvalidResponse(
-                            "the server returned the page token it was given".to_owned(),
-                        ));
-                    }
-                    Some(token) => Some(pb::ListHoldsRequest {
-                        page_token: token,
-                        ..message
-                    }),
-                    None => None,
-                };
-                Ok(Some((page.holds, following)))
-            }
-        });
-        pages
-            .map_ok(|holds| stream::iter(holds.into_iter().map(Ok)))
-            .try_flatten()
-            .boxed()
+        crate::paging::stream(
+            self.message,
+            |m| m.page_token.as_str(),
+            |m, page_token| pb::ListHoldsRequest { page_token, ..m },
+            move |message| {
+                let client = client.clone();
+                async move {
+                    let page = fetch(&client, message).await?;
+                    Ok((page.holds, page.next_page_token))
+                }
+            },
+        )
     }
 }
 

@@ -65,6 +65,7 @@ mod history;
 mod holds;
 mod metadata;
 mod model;
+mod paging;
 mod retry;
 mod users;
 mod verify;

@@ -289,40 +289,18 @@ async fn history(client: &CreditClient, args: HistoryArgs, json: bool) -> Result
     if let Some(name) = args.created_by {
         query = query.created_by(name);
     }
-    if let Some(token) = &args.page_token {
-        query = query.page_token(token.clone());
-    }
-    let limit = match args.limit {
-        0 => usize::MAX,
-        n => n,
-    };
-    let mut transactions = Vec::new();
-    let mut token = args.page_token;
-    let next_page_token = loop {
-        // Ask for no more than is shown, so the server's token continues
-        // right after the last transaction shown.
-        let wanted = (limit - transactions.len()).min(1000);
-        let page = query
-            .clone()
-            .page_size(u32::try_from(wanted).unwrap_or(1000))
-            .page()
-            .await?;
-        transactions.extend(page.transactions);
-        match page.next_page_token {
-            Some(next) if transactions.len() < limit => {
-                // A server that hands back the token it was given would
-                // make this loop forever.
-                if token.as_ref() == Some(&next) {
-                    return Err(Error::InvalidResponse(
-                        "the server returned the page token it was given".to_owned(),
-                    ));
-                }
-                query = query.page_token(next.clone());
-                token = Some(next);
+    let (transactions, next_page_token) =
+        collect_pages(args.limit, args.page_token, |token, size| {
+            let mut page = query.clone().page_size(size);
+            if let Some(token) = token {
+                page = page.page_token(token);
             }
-            next => break next,
-        }
-    };
+            async move {
+                let page = page.page().await?;
+                Ok((page.transactions, page.next_page_token))
+            }
+        })
+        .await?;
     let page = Page {
         transactions,
         next_page_token,
@@ -406,42 +384,60 @@ async fn hold(client: &CreditClient, command: HoldCommand, json: bool) -> Result
 /// Up to `--limit` holds from `--page-token` on, and the token to continue
 /// after them when more exist.
 async fn list_holds(client: &CreditClient, args: HoldListArgs, json: bool) -> Result<(), Error> {
-    let mut query = client.list_holds(args.user).states(args.states);
-    if let Some(token) = &args.page_token {
-        query = query.page_token(token.clone());
-    }
-    let limit = match args.limit {
-        0 => usize::MAX,
-        n => n,
-    };
-    let mut holds = Vec::new();
-    let mut token = args.page_token;
-    let next_page_token = loop {
-        let wanted = (limit - holds.len()).min(1000);
-        let page = query
-            .clone()
-            .page_size(u32::try_from(wanted).unwrap_or(1000))
-            .page()
-            .await?;
-        holds.extend(page.holds);
-        match page.next_page_token {
-            Some(next) if holds.len() < limit => {
-                if token.as_ref() == Some(&next) {
-                    return Err(Error::InvalidResponse(
-                        "the server returned the page token it was given".to_owned(),
-                    ));
-                }
-                query = query.page_token(next.clone());
-                token = Some(next);
-            }
-            next => break next,
+    let query = client.list_holds(args.user).states(args.states);
+    let (holds, next_page_token) = collect_pages(args.limit, args.page_token, |token, size| {
+        let mut page = query.clone().page_size(size);
+        if let Some(token) = token {
+            page = page.page_token(token);
         }
-    };
+        async move {
+            let page = page.page().await?;
+            Ok((page.holds, page.next_page_token))
+        }
+    })
+    .await?;
     let page = HoldPage {
         holds,
         next_page_token,
     };
     show(json, &page, output::holds)
+}
+
+/// Up to `limit` items of a list query (0: all), from `token` on, and the
+/// token to continue after them when more exist. Each page asks for no more
+/// than is still wanted, so that token continues right after the last item
+/// shown.
+async fn collect_pages<T, Fut>(
+    limit: usize,
+    mut token: Option<String>,
+    mut page: impl FnMut(Option<String>, u32) -> Fut,
+) -> Result<(Vec<T>, Option<String>), Error>
+where
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), Error>>,
+{
+    let limit = match limit {
+        0 => usize::MAX,
+        n => n,
+    };
+    let mut items = Vec::new();
+    loop {
+        let wanted = (limit - items.len()).min(1000);
+        let (more, next) = page(token.clone(), u32::try_from(wanted).unwrap_or(1000)).await?;
+        items.extend(more);
+        match next {
+            Some(next) if items.len() < limit => {
+                // A server that hands back the token it was given would
+                // make this loop forever.
+                if token.as_ref() == Some(&next) {
+                    return Err(Error::InvalidResponse(
+                        "the server returned the page token it was given".to_owned(),
+                    ));
+                }
+                token = Some(next);
+            }
+            next => return Ok((items, next)),
+        }
+    }
 }
 
 /// Prints `value` as JSON or through `table`.
