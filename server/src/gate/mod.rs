@@ -133,6 +133,10 @@ where
         };
         let method = method.to_owned();
         let started = Instant::now();
+        // Counted when it starts, so started - handled is what is in flight.
+        ::metrics::counter!(m::STARTED,
+            "grpc_service" => SERVICE, "grpc_method" => method.clone(), "grpc_type" => "unary")
+        .increment(1);
         let config = self.layer.config.clone();
         let info = CallInfo {
             request_id: request_id(request.headers()),
@@ -333,9 +337,6 @@ impl Finish {
         ::metrics::counter!(m::HANDLED,
             "grpc_service" => SERVICE, "grpc_method" => method.clone(),
             "grpc_type" => "unary", "grpc_code" => code_name.clone())
-        .increment(1);
-        ::metrics::counter!(m::STARTED,
-            "grpc_service" => SERVICE, "grpc_method" => method.clone(), "grpc_type" => "unary")
         .increment(1);
         ::metrics::histogram!(m::HANDLING_SECONDS,
             "grpc_service" => SERVICE, "grpc_method" => method, "grpc_type" => "unary")

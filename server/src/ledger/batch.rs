@@ -283,7 +283,8 @@ impl BatchState {
                 .transpose()?;
             return Ok(Some(WriteOutcome {
                 transaction,
-                hold: Some(holds::as_closed(hold, self.now)?),
+                // Closed holds never change again: as it is now is as it was.
+                hold: Some(holds::to_hold(hold, self.now)?),
                 balance: hold.close_balance.unwrap_or_default(),
                 available: hold.close_available.unwrap_or_default(),
                 replayed: true,

@@ -175,16 +175,4 @@ impl LedgerError {
     pub fn describe_violations(violations: &[FieldViolation]) -> String {
         describe(violations)
     }
-
-    /// True for failures of the infrastructure rather than of the request:
-    /// the same request may succeed later.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Conflict(_)
-                | Self::Unavailable(_)
-                | Self::OutcomeUnknown(_)
-                | Self::Overloaded(_)
-        )
-    }
 }

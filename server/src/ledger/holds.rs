@@ -476,7 +476,7 @@ impl BatchState {
         closed.close_balance = Some(balance);
         closed.close_available = Some(available);
         closed.release_reason = reason;
-        let answer = as_closed(closed, now)?;
+        let answer = to_hold(closed, now)?;
         self.changed_holds.insert(hold_id.clone());
         if let Some(t) = &transaction {
             self.rows.push(to_row(t, pending.fingerprint.clone()));
@@ -513,11 +513,6 @@ pub fn as_reserved(row: &holds::Model) -> Result<Hold, LedgerError> {
     hold.capture_transaction_id = None;
     hold.release_reason = None;
     Ok(hold)
-}
-
-/// The hold as it is now (closed holds never change again).
-pub fn as_closed(row: &holds::Model, now: DateTime<Utc>) -> Result<Hold, LedgerError> {
-    to_hold(row, now)
 }
 
 /// A stored hold as the domain type, its state as of `now`.
