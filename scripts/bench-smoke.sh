@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A few-second smoke of the load tool: builds the debug binaries, runs
 # spend-hot and mixed (4 clients, 2 s each) and reserve-capture (Reserve +
-# Capture pairs on one user, service only, 2 s) against a server
+# Capture pairs on one user, service only, 2 s) and spend-lots (spends on
+# one user with five lots, service only, 2 s) against a server
 # credit-bench starts on SQLite, and on PostgreSQL too when
 # CREDIT_TEST_POSTGRES_URL is set. Fails on any failed call or ledger
 # invariant violation (for reserve-capture: any hold left uncaptured).
@@ -14,7 +15,7 @@ cargo build --locked -p credit-server -p integration-tests --bin credit-server -
 
 bench="$target_dir/debug/credit-bench"
 export CREDIT_SERVER_BIN="$target_dir/debug/credit-server"
-smoke=(--scenario spend-hot,mixed,reserve-capture --clients 4 --connections 2 --duration 2s --warmup 0s
+smoke=(--scenario spend-hot,mixed,reserve-capture,spend-lots --clients 4 --connections 2 --duration 2s --warmup 0s
        --users 50 --no-progress --fail-on-errors)
 
 echo "== credit-bench smoke: sqlite"

@@ -87,3 +87,10 @@ call "Capture the real cost, 20 (the other 30 are released)" -plaintext \
   "$ADDR" credit.v1.CreditService/Capture
 call "The balance after the capture" -plaintext -d "{\"user_id\": \"$USER_ID\"}" \
   "$ADDR" credit.v1.CreditService/GetBalance
+
+# Lots: promotional credit that expires is drawn before paid credit.
+call "Grant 50 promotional credits that expire (a lot of priority 50)" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\", \"amount\": 50, \"reason\": \"welcome\", \"expire_time\": \"2099-01-01T00:00:00Z\", \"idempotency_key\": \"$USER_ID-promo-1\"}" \
+  "$ADDR" credit.v1.CreditService/Grant
+call "The lots, in the order spends draw from them (promotional first)" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\"}" "$ADDR" credit.v1.CreditService/ListLots

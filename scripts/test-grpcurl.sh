@@ -101,8 +101,9 @@ for run in 1 2; do
   expect "$transcript" 6 "Code: FailedPrecondition"
   expect "$transcript" 6 '"@type":"type.googleapis.com/google.rpc.ErrorInfo"'
   expect "$transcript" 6 '"reason":"INSUFFICIENT_BALANCE"'
-  # Run 2 starts after run 1's capture of 20: 50 left.
-  left=$([[ $run -eq 1 ]] && echo 70 || echo 50)
+  # Run 2 starts after run 1's capture of 20 and grant of 50: 100 left.
+  left=$([[ $run -eq 1 ]] && echo 70 || echo 100)
+  after=$([[ $run -eq 1 ]] && echo 50 || echo 100)
   expect "$transcript" 6 "\"metadata\":{\"availableBalance\":\"$left\",\"requestedAmount\":\"500\"}"
   expect "$transcript" 6 "(grpcurl exited with status 73)"
   expect "$transcript" 7 "\"balance\": \"$left\""
@@ -113,8 +114,19 @@ for run in 1 2; do
   expect "$transcript" 11 '"available": "20"'
   expect "$transcript" 12 '"amount": "-20"'
   expect "$transcript" 12 '"state": "HOLD_STATE_CAPTURED"'
-  expect "$transcript" 13 '"balance": "50"'
-  expect "$transcript" 13 '"available": "50"'
+  expect "$transcript" 13 "\"balance\": \"$after\""
+  expect "$transcript" 13 "\"available\": \"$after\""
+  expect "$transcript" 14 '"category": "CREDIT_CATEGORY_PROMOTIONAL"'
+  expect "$transcript" 14 '"balance": "100"'
+  expect "$transcript" 15 '"remaining": "50"'
+  # Draw order: the promotional lot (priority 50) before the paid one (100).
+  first="$(section "$transcript" 15 | grep -o '"category": "[A-Z_]*"' | head -n 1 || true)"
+  if [[ "$first" == '"category": "CREDIT_CATEGORY_PROMOTIONAL"' ]]; then
+    echo "ok   step 15 lists the promotional lot first"
+  else
+    echo "FAIL step 15 lists first: $first" >&2
+    failures=$((failures + 1))
+  fi
 done
 
 # Run 2 repeated every write with the same idempotency keys: same transactions.

@@ -149,7 +149,7 @@ pub struct Hold {
     /// When it was captured or released, or its expire time if it expired;
     /// `None` while active.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(serialize_with = "optional_timestamp")]
+    #[serde(serialize_with = "proto_json::optional_timestamp")]
     pub closed_at: Option<DateTime<Utc>>,
     /// The usage transaction a capture wrote.
     #[serde(serialize_with = "proto_json::string")]
@@ -159,16 +159,6 @@ pub struct Hold {
     /// The reason given to release.
     #[serde(serialize_with = "proto_json::string")]
     pub release_reason: Option<String>,
-}
-
-fn optional_timestamp<S: Serializer>(
-    value: &Option<DateTime<Utc>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(t) => proto_json::timestamp(t, serializer),
-        None => serializer.serialize_none(),
-    }
 }
 
 impl TryFrom<pb::Hold> for Hold {

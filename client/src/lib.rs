@@ -16,6 +16,12 @@
 //!   [`CreditClient::reserve`] an estimate, [`CreditClient::capture`] the
 //!   real cost (or [`CreditClient::release`]); a hold nobody settles
 //!   expires by itself.
+//! - Lots: every top-up and grant makes one, with a category (paid or
+//!   promotional), a draw priority and an optional expiry
+//!   ([`Write::expire_time`], [`Write::priority`], [`Write::category`]);
+//!   spends draw from them in order, and each transaction's
+//!   [`Transaction::allocations`] say from which. [`CreditClient::list_lots`]
+//!   lists them; [`Balance`] splits the balance into paid and promotional.
 //! - [`CreditClient::verify_ledger`]: the server's check of the ledger's
 //!   invariants (admin).
 //! - Typed errors ([`Error`]) read from the server's `google.rpc` details.
@@ -63,6 +69,7 @@ mod config;
 mod error;
 mod history;
 mod holds;
+mod lots;
 mod metadata;
 mod model;
 mod paging;
@@ -78,8 +85,9 @@ pub use config::{
 pub use error::{ERROR_DOMAIN, Error, FieldViolation, Subject};
 pub use history::{ListTransactions, Page};
 pub use holds::{Capture, Hold, HoldPage, HoldReceipt, HoldState, ListHolds, Release, Reserve};
+pub use lots::{ListLots, Lot, LotCategory, LotPage};
 pub use metadata::Metadata;
-pub use model::{Balance, Receipt, Transaction, TransactionType, Usage, User};
+pub use model::{Allocation, Balance, Receipt, Transaction, TransactionType, Usage, User};
 pub use retry::RetryPolicy;
 pub use users::CreateUser;
 pub use verify::{LedgerReport, LedgerViolation};
@@ -108,6 +116,7 @@ pub const RPC_METHODS: &[(&str, &str)] = &[
     ("Release", "release"),
     ("GetHold", "get_hold"),
     ("ListHolds", "list_holds"),
+    ("ListLots", "list_lots"),
 ];
 
 /// The generated `credit.v1` messages and client, for what this crate does
@@ -147,6 +156,7 @@ mod tests {
             release("u", "hold"),
             get_hold("u", "hold"),
             list_holds("u"),
+            list_lots("u"),
         );
         for (rpc, method) in RPC_METHODS {
             assert!(

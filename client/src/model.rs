@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use credit_proto::v1 as pb;
 use serde::{Serialize, Serializer};
 
-use crate::Error;
 use crate::metadata::{Metadata, from_struct};
+use crate::{Error, Lot};
 
 /// A holder of a credit balance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,6 +55,21 @@ pub struct Balance {
     /// What spends and reserves may use: `balance - held`.
     #[serde(serialize_with = "proto_json::int64")]
     pub available: i64,
+    /// The part of the balance in paid lots (a deficit a top-up refund left
+    /// counts here, so `paid + promotional == balance`).
+    #[serde(serialize_with = "proto_json::int64")]
+    pub paid: i64,
+    /// The part of the balance in promotional lots.
+    #[serde(serialize_with = "proto_json::int64")]
+    pub promotional: i64,
+    /// The next time credits not earmarked by a hold expire; `None` when
+    /// none will.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "proto_json::optional_timestamp")]
+    pub next_expire_time: Option<DateTime<Utc>>,
+    /// How many credits expire at `next_expire_time` (0 when none will).
+    #[serde(serialize_with = "proto_json::int64")]
+    pub next_expiring_amount: i64,
 }
 
 /// The kind of a balance change.
@@ -70,6 +85,8 @@ pub enum TransactionType {
     Refund,
     /// A payment-card check.
     CardCheck,
+    /// The unspent remainder of a lot, gone at its expire_time.
+    Expiration,
     /// A type this client does not know yet (a newer server); the wire value.
     Unknown(i32),
 }
@@ -83,6 +100,7 @@ impl TransactionType {
             Self::Grant => "grant",
             Self::Refund => "refund",
             Self::CardCheck => "card-check",
+            Self::Expiration => "expiration",
             Self::Unknown(_) => "unknown",
         }
     }
@@ -95,6 +113,7 @@ impl TransactionType {
             Self::Grant => pb::TransactionType::Grant,
             Self::Refund => pb::TransactionType::Refund,
             Self::CardCheck => pb::TransactionType::CardCheck,
+            Self::Expiration => pb::TransactionType::Expiration,
             Self::Unknown(value) => return value,
         };
         known.into()
@@ -108,6 +127,7 @@ impl TransactionType {
             Ok(pb::TransactionType::Grant) => Self::Grant,
             Ok(pb::TransactionType::Refund) => Self::Refund,
             Ok(pb::TransactionType::CardCheck) => Self::CardCheck,
+            Ok(pb::TransactionType::Expiration) => Self::Expiration,
             Ok(pb::TransactionType::Unspecified) | Err(_) => Self::Unknown(value),
         }
     }
@@ -149,8 +169,9 @@ impl FromStr for TransactionType {
             "grant" => Ok(Self::Grant),
             "refund" => Ok(Self::Refund),
             "card-check" => Ok(Self::CardCheck),
+            "expiration" => Ok(Self::Expiration),
             _ => Err(Error::InvalidInput(format!(
-                "unknown transaction type {s:?} (expected top-up, usage, grant, refund or card-check)"
+                "unknown transaction type {s:?} (expected top-up, usage, grant, refund, card-check or expiration)"
             ))),
         }
     }
@@ -300,6 +321,35 @@ pub struct Transaction {
     /// For the usage transaction of a capture, the hold it settled.
     #[serde(serialize_with = "proto_json::string")]
     pub hold_id: Option<String>,
+    /// The lots this transaction drew from or added to, in draw order; they
+    /// add up to `amount`. Filled by [`CreditClient::get_transaction`] and
+    /// in write answers; empty in history pages and for transactions from
+    /// before lots existed.
+    ///
+    /// [`CreditClient::get_transaction`]: crate::CreditClient::get_transaction
+    pub allocations: Vec<Allocation>,
+}
+
+/// How much one transaction changed one lot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocation {
+    /// The lot; `None` for the user's deficit (credits a top-up refund took
+    /// beyond what the lots held).
+    #[serde(serialize_with = "proto_json::string")]
+    pub lot_id: Option<String>,
+    /// The signed change to the lot's remaining credits.
+    #[serde(serialize_with = "proto_json::int64")]
+    pub amount: i64,
+}
+
+impl From<pb::Allocation> for Allocation {
+    fn from(a: pb::Allocation) -> Self {
+        Self {
+            lot_id: non_empty(a.lot_id),
+            amount: a.amount,
+        }
+    }
 }
 
 /// The answer to every write: the applied transaction and the balance right
@@ -313,6 +363,14 @@ pub struct Receipt {
     /// The user's balance right after the transaction.
     #[serde(serialize_with = "proto_json::int64")]
     pub balance: i64,
+    /// For a top-up or grant, the lot the credits went to, as this write
+    /// left it (a retry is answered with the lot as the original write
+    /// left it; [`CreditClient::list_lots`] has what is left of it now).
+    /// `None` for spends and refunds.
+    ///
+    /// [`CreditClient::list_lots`]: crate::CreditClient::list_lots
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lot: Option<Lot>,
 }
 
 impl TryFrom<pb::User> for User {
@@ -339,6 +397,13 @@ impl TryFrom<pb::GetBalanceResponse> for Balance {
             last_sequence: b.last_sequence,
             held: b.held,
             available: b.available,
+            paid: b.paid,
+            promotional: b.promotional,
+            next_expire_time: b
+                .next_expire_time
+                .map(|t| time(Some(t), "next_expire_time"))
+                .transpose()?,
+            next_expiring_amount: b.next_expiring_amount,
         })
     }
 }
@@ -364,6 +429,7 @@ impl TryFrom<pb::Transaction> for Transaction {
             created_by: non_empty(t.created_by),
             created_by_certificate_subject: non_empty(t.created_by_certificate_subject),
             hold_id: non_empty(t.hold_id),
+            allocations: t.allocations.into_iter().map(Allocation::from).collect(),
         })
     }
 }
@@ -389,6 +455,19 @@ pub(crate) mod proto_json {
     /// A string the client reads as `None` when it is empty on the wire.
     pub fn string<S: Serializer>(value: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(value.as_deref().unwrap_or_default())
+    }
+
+    /// A timestamp message field: RFC 3339 when set (use with
+    /// `skip_serializing_if = "Option::is_none"`, as unset messages are
+    /// left out).
+    pub fn optional_timestamp<S: Serializer>(
+        value: &Option<DateTime<Utc>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(t) => timestamp(t, serializer),
+            None => serializer.serialize_none(),
+        }
     }
 
     /// RFC 3339 in UTC with `Z`, with 0, 3, 6 or 9 fractional digits.

@@ -1,16 +1,18 @@
 //! The balance-changing calls: top-up, spend, grant and refund. They share
 //! one builder, [`Write`], for what every write takes (idempotency key and
-//! metadata); each operation adds its own setters.
+//! metadata); each operation adds its own setters (a top-up's and a
+//! grant's lot terms: expiry, priority, a grant's category).
 
 use std::future::{Future, IntoFuture};
 
+use chrono::{DateTime, Utc};
 use credit_proto::v1 as pb;
 use futures::future::BoxFuture;
 use serde_json::Value as Json;
 
 use crate::metadata::to_struct;
-use crate::model::required;
-use crate::{CreditClient, Error, Receipt, Usage};
+use crate::model::{required, timestamp};
+use crate::{CreditClient, Error, LotCategory, Receipt, Usage};
 
 /// A new idempotency key (a random UUID), for callers that want to know the
 /// key before sending so they can send the write again themselves later,
@@ -83,10 +85,11 @@ impl<'a, Op: WriteOp> Write<'a, Op> {
             idempotency_key: self.idempotency_key.unwrap_or_else(new_idempotency_key),
             metadata,
         };
-        let (transaction, balance) = self.op.send(self.client, parts).await?;
+        let (transaction, balance, lot) = self.op.send(self.client, parts).await?;
         Ok(Receipt {
             transaction: required(transaction, "transaction")?.try_into()?,
             balance,
+            lot: lot.map(TryInto::try_into).transpose()?,
         })
     }
 }
@@ -108,8 +111,9 @@ pub struct Parts {
     metadata: Option<prost_types::Struct>,
 }
 
-/// The answer of every write: the transaction and the balance after it.
-type Written = (Option<pb::Transaction>, i64);
+/// The answer of every write: the transaction, the balance after it, and
+/// the lot a top-up or grant made.
+type Written = (Option<pb::Transaction>, i64, Option<pb::Lot>);
 
 /// One kind of write: how it becomes a request and which RPC sends it.
 /// Sealed: the four operations are the API's.
@@ -135,6 +139,7 @@ mod sealed {
 #[derive(Debug)]
 pub struct TopUp {
     amount: i64,
+    terms: LotTerms,
 }
 
 /// A spend: credits taken for metered usage. Built by [`CreditClient::spend`].
@@ -149,6 +154,16 @@ pub struct Spend {
 pub struct Grant {
     amount: i64,
     reason: String,
+    terms: LotTerms,
+    category: Option<LotCategory>,
+}
+
+/// The terms of the lot a top-up or grant makes; unset: the server's
+/// defaults (never expires; priority 100 for a top-up, 50 for a grant).
+#[derive(Debug, Default)]
+struct LotTerms {
+    expire_time: Option<DateTime<Utc>>,
+    priority: Option<i32>,
 }
 
 /// A refund of an earlier transaction. Built by [`CreditClient::refund`].
@@ -166,13 +181,15 @@ impl WriteOp for TopUp {
             amount: self.amount,
             idempotency_key: parts.idempotency_key,
             metadata: parts.metadata,
+            expire_time: self.terms.expire_time.map(timestamp),
+            priority: self.terms.priority,
         };
         let r = client
             .call(message, |mut grpc, request| async move {
                 grpc.top_up(request).await
             })
             .await?;
-        Ok((r.transaction, r.balance))
+        Ok((r.transaction, r.balance, r.lot))
     }
 }
 
@@ -190,7 +207,7 @@ impl WriteOp for Spend {
                 grpc.spend(request).await
             })
             .await?;
-        Ok((r.transaction, r.balance))
+        Ok((r.transaction, r.balance, None))
     }
 }
 
@@ -202,13 +219,16 @@ impl WriteOp for Grant {
             idempotency_key: parts.idempotency_key,
             reason: self.reason,
             metadata: parts.metadata,
+            expire_time: self.terms.expire_time.map(timestamp),
+            priority: self.terms.priority,
+            category: self.category.map_or(0, LotCategory::to_proto),
         };
         let r = client
             .call(message, |mut grpc, request| async move {
                 grpc.grant(request).await
             })
             .await?;
-        Ok((r.transaction, r.balance))
+        Ok((r.transaction, r.balance, r.lot))
     }
 }
 
@@ -227,7 +247,7 @@ impl WriteOp for Refund {
                 grpc.refund(request).await
             })
             .await?;
-        Ok((r.transaction, r.balance))
+        Ok((r.transaction, r.balance, None))
     }
 }
 
@@ -239,10 +259,47 @@ impl Write<'_, Spend> {
     }
 }
 
+impl Write<'_, TopUp> {
+    /// When the credits expire (in the future); without it, never. What is
+    /// unspent then is taken by an EXPIRATION transaction.
+    pub fn expire_time(mut self, at: DateTime<Utc>) -> Self {
+        self.op.terms.expire_time = Some(at);
+        self
+    }
+
+    /// Draw priority 0-100, lower spent first; without it, 100 (after
+    /// grants, which default to 50).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.op.terms.priority = Some(priority);
+        self
+    }
+}
+
 impl Write<'_, Grant> {
     /// Why the credits were given (at most 256 characters).
     pub fn reason(mut self, reason: impl Into<String>) -> Self {
         self.op.reason = reason.into();
+        self
+    }
+
+    /// When the credits expire (in the future); without it, never. What is
+    /// unspent then is taken by an EXPIRATION transaction.
+    pub fn expire_time(mut self, at: DateTime<Utc>) -> Self {
+        self.op.terms.expire_time = Some(at);
+        self
+    }
+
+    /// Draw priority 0-100, lower spent first; without it, 50 (before
+    /// top-ups, which default to 100).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.op.terms.priority = Some(priority);
+        self
+    }
+
+    /// [`LotCategory::Promotional`] (the default) or [`LotCategory::Paid`],
+    /// for credits sold through another channel.
+    pub fn category(mut self, category: LotCategory) -> Self {
+        self.op.category = Some(category);
         self
     }
 }
@@ -263,9 +320,14 @@ impl Write<'_, Refund> {
 }
 
 impl CreditClient {
-    /// Adds `amount` purchased credits (> 0) to a user's balance.
+    /// Adds `amount` purchased credits (> 0) to a user's balance, in a new
+    /// paid lot ([`Receipt::lot`]).
     pub fn top_up(&self, user_id: impl Into<String>, amount: i64) -> Write<'_, TopUp> {
-        Write::new(self, user_id.into(), TopUp { amount })
+        let op = TopUp {
+            amount,
+            terms: LotTerms::default(),
+        };
+        Write::new(self, user_id.into(), op)
     }
 
     /// Takes `amount` credits (> 0) for metered usage. Fails with
@@ -278,11 +340,14 @@ impl CreditClient {
         Write::new(self, user_id.into(), op)
     }
 
-    /// Gives `amount` credits (> 0) that were not paid for.
+    /// Gives `amount` credits (> 0) that were not paid for, in a new lot
+    /// (promotional unless [`Write::category`] says paid).
     pub fn grant(&self, user_id: impl Into<String>, amount: i64) -> Write<'_, Grant> {
         let op = Grant {
             amount,
             reason: String::new(),
+            terms: LotTerms::default(),
+            category: None,
         };
         Write::new(self, user_id.into(), op)
     }

@@ -20,6 +20,7 @@ ledger_tests!(
     history_pages_continue_with_a_token,
     json_errors_are_one_object,
     server_without_a_scheme_is_plain_text,
+    lots_for_people_and_scripts,
 );
 
 /// What one run printed and how it exited.
@@ -883,4 +884,308 @@ async fn client_certificates_for_mutual_tls() -> anyhow::Result<()> {
 
     server.stop().await;
     db.drop_database().await
+}
+
+/// The lot lines of a `credit lots` table (the header and continuation
+/// lines left out), split into cells.
+fn lot_rows(table: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut lines = table.lines();
+    let header = lines.next().context("a header")?;
+    ensure!(
+        header.split_whitespace().collect::<Vec<_>>()
+            == [
+                "PRIORITY",
+                "CATEGORY",
+                "REMAINING",
+                "HELD",
+                "GRANTED",
+                "EXPIRES",
+                "CREATED",
+                "LOT",
+                "SOURCE"
+            ],
+        "{table}"
+    );
+    Ok(lines
+        .filter(|l| !l.starts_with('('))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect())
+}
+
+/// The `allocations` of a transaction listing: the line named so and the
+/// unnamed lines right after it.
+fn allocation_lines(listing: &str) -> Vec<String> {
+    let mut lines = listing
+        .lines()
+        .skip_while(|l| !l.starts_with("allocations  "));
+    let Some(first) = lines.next() else {
+        return Vec::new();
+    };
+    let mut found = vec![first["allocations".len()..].trim().to_owned()];
+    found.extend(
+        lines
+            .take_while(|l| l.starts_with(' '))
+            .map(|l| l.trim().to_owned()),
+    );
+    found
+}
+
+async fn lots_for_people_and_scripts(server: &TestServer) -> anyhow::Result<()> {
+    ok(
+        server,
+        &["user", "create", "lou", "--email", "lou@example.com"],
+    )
+    .await?;
+
+    // A top-up's lot, with a priority: paid, never expiring.
+    let top_up = ok(server, &["top-up", "lou", "100", "--priority", "90"]).await?;
+    let paid_lot = field(&top_up.stdout, "lot")?.to_owned();
+    ensure!(field(&top_up.stdout, "category")? == "paid");
+    ensure!(field(&top_up.stdout, "priority")? == "90");
+    ensure!(field(&top_up.stdout, "lot expires")? == "never");
+    ensure!(
+        allocation_lines(&top_up.stdout) == [format!("+100 lot {paid_lot}")],
+        "{}",
+        top_up.stdout
+    );
+    let top_up_id = field(&top_up.stdout, "transaction")?.to_owned();
+
+    // A grant expiring in 24h (a duration from now), in JSON.
+    let asked = chrono::Utc::now() + chrono::TimeDelta::hours(24);
+    let grant = ok(
+        server,
+        &[
+            "--json",
+            "grant",
+            "lou",
+            "50",
+            "--expires",
+            "24h",
+            "--reason",
+            "promo",
+        ],
+    )
+    .await?
+    .json()?;
+    let lot = &grant["lot"];
+    ensure!(lot["category"] == "CREDIT_CATEGORY_PROMOTIONAL", "{grant}");
+    ensure!(lot["priority"] == 50 && lot["grantedAmount"] == "50" && lot["remaining"] == "50");
+    ensure!(lot["held"] == "0" && lot["userId"] == "lou", "{lot}");
+    ensure!(lot["sourceTransactionId"] == grant["transaction"]["transactionId"]);
+    rfc3339(&lot["expireTime"])?;
+    let expires: chrono::DateTime<chrono::Utc> =
+        lot["expireTime"].as_str().context("expireTime")?.parse()?;
+    ensure!(
+        (expires - asked).num_seconds().abs() < 60,
+        "--expires 24h: {expires}, asked about {asked}"
+    );
+    let promo_lot = lot["lotId"].as_str().context("lotId")?.to_owned();
+    ensure!(
+        grant["transaction"]["allocations"]
+            == serde_json::json!([{"lotId": promo_lot, "amount": "50"}]),
+        "{grant}"
+    );
+
+    // A paid grant at an RFC 3339 time, later in the draw order.
+    let at = (chrono::Utc::now() + chrono::TimeDelta::days(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let sold = ok(
+        server,
+        &[
+            "grant",
+            "lou",
+            "20",
+            "--category",
+            "paid",
+            "--priority",
+            "95",
+            "--expires",
+            &at,
+        ],
+    )
+    .await?;
+    ensure!(field(&sold.stdout, "category")? == "paid");
+    ensure!(field(&sold.stdout, "priority")? == "95");
+    ensure!(field(&sold.stdout, "lot expires")? == at, "{}", sold.stdout);
+    let sold_lot = field(&sold.stdout, "lot")?.to_owned();
+
+    let balance = ok(server, &["balance", "lou"]).await?;
+    ensure!(field(&balance.stdout, "balance")? == "170");
+    ensure!(field(&balance.stdout, "paid")? == "120");
+    ensure!(field(&balance.stdout, "promotional")? == "50");
+    ensure!(field(&balance.stdout, "expiring")? == "50");
+    let next: chrono::DateTime<chrono::Utc> = field(&balance.stdout, "next expiry")?.parse()?;
+    ensure!(
+        (next - expires).num_seconds().abs() <= 1,
+        "{}",
+        balance.stdout
+    );
+
+    // A spend takes the promotional credits first, then the top-up's.
+    let spend = ok(server, &["--json", "spend", "lou", "70"])
+        .await?
+        .json()?;
+    let want = serde_json::json!([
+        {"lotId": promo_lot, "amount": "-50"},
+        {"lotId": paid_lot, "amount": "-20"},
+    ]);
+    ensure!(spend["transaction"]["allocations"] == want, "{spend}");
+    ensure!(spend.get("lot").is_none(), "a spend makes no lot: {spend}");
+    let spend_id = spend["transaction"]["transactionId"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let tx = ok(server, &["transaction", "lou", &spend_id]).await?;
+    ensure!(
+        allocation_lines(&tx.stdout)
+            == [
+                format!("-50 lot {promo_lot}"),
+                format!("-20 lot {paid_lot}")
+            ],
+        "{}",
+        tx.stdout
+    );
+    let tx = ok(server, &["--json", "tx", "lou", &spend_id])
+        .await?
+        .json()?;
+    ensure!(tx["allocations"] == want, "{tx}");
+    let tx = ok(server, &["transaction", "lou", &top_up_id]).await?;
+    ensure!(
+        allocation_lines(&tx.stdout) == [format!("+100 lot {paid_lot}")],
+        "{}",
+        tx.stdout
+    );
+    let balance = ok(server, &["--json", "balance", "lou"]).await?.json()?;
+    ensure!(
+        balance["paid"] == "100" && balance["promotional"] == "0",
+        "{balance}"
+    );
+    // The promotional credits are spent: the paid grant expires next.
+    ensure!(
+        balance["nextExpireTime"] == at.as_str() && balance["nextExpiringAmount"] == "20",
+        "{balance}"
+    );
+
+    // `credit lots`: what is left, in draw order.
+    let lots = ok(server, &["lots", "lou"]).await?;
+    let rows = lot_rows(&lots.stdout)?;
+    ensure!(rows.len() == 2, "{}", lots.stdout);
+    ensure!(
+        rows[0][..5] == ["90", "paid", "80", "0", "100"]
+            && rows[0][5] == "never"
+            && rows[0][7] == paid_lot
+            && rows[0][8] == top_up_id,
+        "{}",
+        lots.stdout
+    );
+    ensure!(
+        rows[1][..5] == ["95", "paid", "20", "0", "20"]
+            && rows[1][5] == at
+            && rows[1][7] == sold_lot,
+        "{}",
+        lots.stdout
+    );
+    let all = ok(server, &["lots", "lou", "--include-empty"]).await?;
+    let rows = lot_rows(&all.stdout)?;
+    ensure!(rows.len() == 3, "{}", all.stdout);
+    ensure!(
+        rows[0][..5] == ["50", "promotional", "0", "0", "50"] && rows[0][7] == promo_lot,
+        "{}",
+        all.stdout
+    );
+
+    // Pages: --limit (or --page-size) and --page-token, --all for every lot.
+    let first = ok(server, &["--json", "lots", "lou", "--limit", "1"])
+        .await?
+        .json()?;
+    ensure!(
+        first["lots"].as_array().map(Vec::len) == Some(1) && first["lots"][0]["lotId"] == paid_lot,
+        "{first}"
+    );
+    ensure!(first["lots"][0]["category"] == "CREDIT_CATEGORY_PAID");
+    ensure!(first["lots"][0].get("expireTime").is_none(), "{first}");
+    let token = first["nextPageToken"].as_str().context("a token")?;
+    ensure!(!token.is_empty(), "more exist: {first}");
+    let rest = ok(server, &["--json", "lots", "lou", "--page-token", token])
+        .await?
+        .json()?;
+    ensure!(
+        rest["lots"].as_array().map(Vec::len) == Some(1)
+            && rest["lots"][0]["lotId"] == sold_lot
+            && rest["nextPageToken"] == "",
+        "{rest}"
+    );
+    let table = ok(
+        server,
+        &["lots", "lou", "--page-size", "1", "--include-empty"],
+    )
+    .await?;
+    let rows = lot_rows(&table.stdout)?;
+    ensure!(
+        rows.len() == 1 && rows[0][7] == promo_lot,
+        "{}",
+        table.stdout
+    );
+    ensure!(
+        table
+            .stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("(more lots: continue with --page-token ")),
+        "{}",
+        table.stdout
+    );
+    let every = ok(
+        server,
+        &["--json", "lots", "lou", "--all", "--include-empty"],
+    )
+    .await?
+    .json()?;
+    ensure!(
+        every["lots"].as_array().map(Vec::len) == Some(3) && every["nextPageToken"] == "",
+        "{every}"
+    );
+    let both = credit(server, &["lots", "lou", "--all", "--limit", "1"]).await?;
+    ensure!(both.code == 2, "--all with --limit: {}", both.stderr);
+    ok(
+        server,
+        &["user", "create", "nil", "--email", "nil@example.com"],
+    )
+    .await?;
+    let empty = ok(server, &["lots", "nil"]).await?;
+    ensure!(empty.stdout.contains("(no lots)"), "{}", empty.stdout);
+    let empty = ok(server, &["--json", "lots", "nil"]).await?.json()?;
+    ensure!(
+        empty == serde_json::json!({"lots": [], "nextPageToken": ""}),
+        "{empty}"
+    );
+
+    // Bad terms: the server refuses them (exit 3); flags that do not parse
+    // are usage errors (exit 2).
+    let line = fails(server, &["top-up", "lou", "1", "--priority", "101"], 3).await?;
+    ensure!(line.contains("priority"), "{line}");
+    let line = fails(server, &["grant", "lou", "1", "--priority", "-1"], 3).await?;
+    ensure!(line.contains("priority"), "{line}");
+    let line = fails(
+        server,
+        &["top-up", "lou", "1", "--expires", "2000-01-01T00:00:00Z"],
+        3,
+    )
+    .await?;
+    ensure!(line.contains("expire_time"), "{line}");
+    for args in [
+        &["top-up", "lou", "1", "--expires", "soon"][..],
+        &["grant", "lou", "1", "--category", "free"],
+        &["top-up", "lou", "1", "--category", "paid"],
+        &["spend", "lou", "1", "--priority", "1"],
+    ] {
+        let r = credit(server, args).await?;
+        ensure!(r.code == 2, "{args:?}: exit {}: {}", r.code, r.stderr);
+    }
+    let balance = ok(server, &["--json", "balance", "lou"]).await?.json()?;
+    ensure!(
+        balance["balance"] == "100",
+        "nothing else applied: {balance}"
+    );
+    Ok(())
 }

@@ -56,6 +56,7 @@ pub async fn top_up_with_key(
             amount,
             idempotency_key: key.to_owned(),
             metadata: None,
+            ..Default::default()
         })
         .await?;
     Ok(res.into_inner())
@@ -103,6 +104,7 @@ pub async fn grant(
             idempotency_key: String::new(),
             reason: "test grant".to_owned(),
             metadata: None,
+            ..Default::default()
         })
         .await?;
     Ok(res.into_inner())

@@ -25,6 +25,11 @@ pub struct Storm {
     pub users: &'static [&'static str],
     pub ops_per_client: usize,
     pub seed: u64,
+    /// Most grants expire 5 to 40 s (of the ledger's clock, as the client
+    /// last saw it in a write's `created_at`) after they are made. A grant
+    /// the clock overtook on its way is refused (`expire_time` must be in
+    /// the future), which the storm accepts.
+    pub expiring_grants: bool,
 }
 
 impl Storm {
@@ -33,6 +38,7 @@ impl Storm {
     /// else (a conflict, an internal error) fails the storm.
     pub async fn client(self, mut c: Client, i: usize, acked: Acked) -> anyhow::Result<()> {
         let mut rng = StdRng::seed_from_u64(self.seed.wrapping_add(i as u64));
+        let mut clock = chrono::Utc::now();
         for n in 0..self.ops_per_client {
             let user = self.users[rng.random_range(0..self.users.len())];
             let amount = rng.random_range(1..200);
@@ -44,7 +50,11 @@ impl Storm {
                 35..55 => api::top_up_with_key(&mut c, user, amount, &key)
                     .await
                     .map(|r| r.transaction),
-                55..65 => grant(&mut c, user, amount, &key).await,
+                55..65 => {
+                    let expires = (self.expiring_grants && rng.random_bool(0.7))
+                        .then(|| clock + chrono::TimeDelta::seconds(rng.random_range(5..40)));
+                    grant(&mut c, user, amount, expires, &key).await
+                }
                 65..85 => {
                     let Some(target) = pick(&acked, user, &mut rng)? else {
                         continue;
@@ -57,10 +67,17 @@ impl Storm {
                 }
             };
             match result {
-                Ok(Some(tx)) => lock(&acked)?
-                    .entry(user.to_owned())
-                    .or_default()
-                    .push((tx.transaction_id, tx.amount)),
+                Ok(Some(tx)) => {
+                    if let Some(at) = tx.created_at.and_then(|t| {
+                        chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+                    }) {
+                        clock = clock.max(at);
+                    }
+                    lock(&acked)?
+                        .entry(user.to_owned())
+                        .or_default()
+                        .push((tx.transaction_id, tx.amount))
+                }
                 Ok(None) => anyhow::bail!("{key}: a write answered without its transaction"),
                 Err(s) if s.code() == Code::FailedPrecondition => {
                     let reason = api::reason(&s).unwrap_or_default();
@@ -74,6 +91,10 @@ impl Storm {
                         "{key}: unexpected refusal {s:?}"
                     );
                 }
+                Err(s)
+                    if self.expiring_grants
+                        && s.code() == Code::InvalidArgument
+                        && api::bad_fields(&s) == ["expire_time"] => {}
                 Err(s) => anyhow::bail!("{key}: unexpected error {s:?}"),
             }
         }
@@ -96,13 +117,24 @@ fn pick(acked: &Acked, user: &str, rng: &mut StdRng) -> anyhow::Result<Option<St
 
 type Written = Result<Option<pb::Transaction>, Status>;
 
-async fn grant(c: &mut Client, user: &str, amount: i64, key: &str) -> Written {
+async fn grant(
+    c: &mut Client,
+    user: &str,
+    amount: i64,
+    expires: Option<chrono::DateTime<chrono::Utc>>,
+    key: &str,
+) -> Written {
     let request = pb::GrantRequest {
         user_id: user.to_owned(),
         amount,
         idempotency_key: key.to_owned(),
         reason: "storm grant".to_owned(),
         metadata: None,
+        expire_time: expires.map(|at| prost_types::Timestamp {
+            seconds: at.timestamp(),
+            nanos: 0,
+        }),
+        ..Default::default()
     };
     c.grant(with_deadline(request))
         .await

@@ -151,6 +151,7 @@ async fn every_rpc_rejects_bad_ids(server: &TestServer) -> anyhow::Result<()> {
             amount: 1,
             idempotency_key: "k".repeat(129),
             metadata: None,
+            ..Default::default()
         })
         .await;
     let status = api::assert_error(long_key, Code::InvalidArgument, "INVALID_ARGUMENT");
@@ -312,6 +313,7 @@ async fn metadata_is_checked(server: &TestServer) -> anyhow::Result<()> {
         metadata: Some(Struct {
             fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         }),
+        ..Default::default()
     };
     let huge = c
         .top_up(with_meta(vec![(
@@ -390,6 +392,7 @@ async fn metadata_is_checked(server: &TestServer) -> anyhow::Result<()> {
             amount: 1,
             idempotency_key: String::new(),
             metadata: Some(nested.clone()),
+            ..Default::default()
         })
         .await?
         .into_inner()

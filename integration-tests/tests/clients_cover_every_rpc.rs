@@ -30,6 +30,7 @@ const CLI_COMMANDS: &[(&str, &str)] = &[
     ("Release", "hold release"),
     ("GetHold", "hold get"),
     ("ListHolds", "hold list"),
+    ("ListLots", "lots"),
 ];
 
 /// Python methods whose names are not the RPC's in snake_case.

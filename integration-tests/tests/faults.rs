@@ -645,6 +645,7 @@ async fn write(
                         amount: intent.amount,
                         idempotency_key,
                         metadata: None,
+                        ..Default::default()
                     },
                     deadline,
                 ))
@@ -990,9 +991,11 @@ async fn hold_write_lock(
 /// other failure, or success after `within`, fails. Returns how many calls
 /// it took.
 ///
-/// Refused means UNAVAILABLE, or CANCELLED by the transport itself: a call
-/// sent on an open connection as the server closes it ends with hyper's
-/// "connection closed" before the server ever took it.
+/// Refused means UNAVAILABLE, or any status made by the client's transport
+/// itself: a call sent on an open connection as the server closes it ends
+/// with hyper's "connection closed" (CANCELLED) or, when the socket is torn
+/// down under it, "connection reset" (UNKNOWN), before the server ever took
+/// it. A status the server sent with any other code still fails.
 async fn refused_within(
     within: Duration,
     mut client: impl FnMut() -> anyhow::Result<Client>,
@@ -1003,7 +1006,7 @@ async fn refused_within(
         attempts += 1;
         match api::balance(&mut client()?, USERS[0]).await {
             Err(s) if s.code() == Code::Unavailable => return Ok(attempts),
-            Err(s) if s.code() == Code::Cancelled && by_transport(&s) => return Ok(attempts),
+            Err(s) if by_transport(&s) => return Ok(attempts),
             Err(s) => bail!("a new call during shutdown failed with {s:?}, not UNAVAILABLE"),
             Ok(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;

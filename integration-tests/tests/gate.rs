@@ -105,6 +105,7 @@ fn top_up_of(user: &str, amount: i64, key: &str) -> pb::TopUpRequest {
         amount,
         idempotency_key: key.into(),
         metadata: None,
+        ..Default::default()
     }
 }
 

@@ -93,6 +93,7 @@ async fn key_reuse_with_other_parameters_is_refused(server: &TestServer) -> anyh
                 )]
                 .into(),
             }),
+            ..Default::default()
         })
         .await;
     api::assert_error(

@@ -91,6 +91,7 @@ async fn run_storm(
     let acked: Acked = Default::default();
     let seed: u64 = rand::rng().random();
     let storm = Storm {
+        expiring_grants: false,
         users: &USERS,
         ops_per_client: OPS_PER_CLIENT,
         seed,

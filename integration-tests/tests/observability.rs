@@ -679,6 +679,7 @@ async fn otlp_exports_rpc_and_write_batch_spans(db: &TestDb) -> anyhow::Result<(
                 )]
                 .into(),
             }),
+            ..Default::default()
         };
         let answer = c
             .top_up(request(top_up, Some(SERVICE), "req-otlp-1")?)

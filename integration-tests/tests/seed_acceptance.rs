@@ -3,7 +3,7 @@
 //! no balance.
 
 use anyhow::ensure;
-use credit_server::entity::user_balance;
+use credit_server::entity::{credit_lot, user_balance};
 use futures::future::join_all;
 use integration_tests::{TestServer, api, invariants, ledger_tests};
 use migration::SchemaManager;
@@ -65,6 +65,27 @@ async fn preseeded_user_balance_plus_top_up(server: &TestServer) -> anyhow::Resu
     row.balance = Set(5000);
     row.opening_balance = Set(5000);
     row.update(&server.db).await?;
+    // ... and as step 6 then makes it a lot: one PAID, never-expiring lot
+    // with no source transaction.
+    credit_lot::Entity::insert(
+        credit_lot::Model {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_id: "stale-query-test".into(),
+            category: "PAID".into(),
+            priority: 100,
+            granted_amount: 5000,
+            remaining: 5000,
+            held: 0,
+            returned_amount: 0,
+            expired_amount: 0,
+            expire_time: None,
+            source_transaction_id: None,
+            created_at: chrono::Utc::now(),
+        }
+        .into_active_model(),
+    )
+    .exec_without_returning(&server.db)
+    .await?;
 
     ensure!(api::balance(&mut c, "stale-query-test").await? == 5000);
     let top_up = api::top_up(&mut c, "stale-query-test", 1000).await?;

@@ -110,7 +110,8 @@ async fn corruptions_are_reported(server: &TestServer) -> anyhow::Result<()> {
     // A balance changed behind the ledger's back.
     history(&mut c, "balance", &[100, -30]).await?;
     set_balance(db, "balance", 999).await?;
-    expected.push(("balance", [K::BalanceMismatch].into()));
+    // The lots no longer explain it either.
+    expected.push(("balance", [K::BalanceMismatch, K::LotMismatch].into()));
 
     // A middle transaction deleted: the gap, the broken link after it, and
     // a balance its log no longer explains.
@@ -162,21 +163,32 @@ async fn corruptions_are_reported(server: &TestServer) -> anyhow::Result<()> {
         .filter(ctx::Column::Id.eq(spend.as_str()))
         .exec(db)
         .await?;
-    expected.push(("over", [K::RefundExceedsOriginal].into()));
+    // Written behind the ledger's back: no allocations, lots unchanged.
+    expected.push((
+        "over",
+        [
+            K::RefundExceedsOriginal,
+            K::AllocationMismatch,
+            K::LotMismatch,
+        ]
+        .into(),
+    ));
 
     // A spend that took the balance below zero.
     history(&mut c, "negative", &[100]).await?;
     append(db, "negative", "USAGE", -150, None).await?;
-    expected.push(("negative", [K::NegativeBalance].into()));
+    expected.push((
+        "negative",
+        [K::NegativeBalance, K::AllocationMismatch, K::LotMismatch].into(),
+    ));
 
-    // Legitimate, written directly (the API refuses a credit smaller than
-    // the deficit today): credits added while a refunded top-up keeps the
-    // balance below zero.
+    // Legitimate: credits added while a refunded top-up keeps the balance
+    // below zero (they pay the deficit back first).
     history(&mut c, "deficit", &[100, -80]).await?;
     let deficit = api::all_transactions(&mut c, "deficit").await?;
     let paid = deficit.first().context("deficit has a top-up")?;
     api::refund(&mut c, "deficit", &paid.transaction_id, None).await?;
-    append(db, "deficit", "GRANT", 20, None).await?;
+    api::grant(&mut c, "deficit", 20).await?;
     expected.push(("deficit", [].into()));
 
     // A user whose balance row is gone.
@@ -193,7 +205,15 @@ async fn corruptions_are_reported(server: &TestServer) -> anyhow::Result<()> {
     history(&mut c, "thief", &[100]).await?;
     append(db, "thief", "REFUND", -10, Some(&foreign.transaction_id)).await?;
     expected.push(("owner", [].into()));
-    expected.push(("thief", [K::RefundTargetInvalid].into()));
+    expected.push((
+        "thief",
+        [
+            K::RefundTargetInvalid,
+            K::AllocationMismatch,
+            K::LotMismatch,
+        ]
+        .into(),
+    ));
 
     // last_sequence moved on without a transaction.
     history(&mut c, "sequence", &[100, -1]).await?;
@@ -304,6 +324,7 @@ async fn append(
         created_by: None,
         created_by_subject: None,
         hold_id: None,
+        feed_position: None,
     };
     ctx::Entity::insert(row.into_active_model())
         .exec_without_returning(db)

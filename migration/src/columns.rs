@@ -80,6 +80,18 @@ pub enum CreditTransaction {
     CreatedBySubject,
     /// Added by step 5: the hold a capture's USAGE transaction settled.
     HoldId,
+    /// Added by step 8: the transaction's place in the change feed, given
+    /// after it committed (NULL until then).
+    FeedPosition,
+}
+
+/// The `feed_sequencer` table (step 8): one row, the last feed position
+/// given out.
+#[derive(DeriveIden)]
+pub enum FeedSequencer {
+    Table,
+    Id,
+    LastPosition,
 }
 
 /// The `user_balance` table.
@@ -98,6 +110,13 @@ pub enum UserBalance {
     /// How many holds the user ever had: a user with none needs no hold
     /// lookups on its write path.
     HoldCount,
+    /// Added by step 6: the part of the balance in PROMOTIONAL lots, the
+    /// credits taken beyond what the lots held, the earliest expiry among
+    /// lots with free credit, and the last sequence when lots began.
+    Promotional,
+    Deficit,
+    LotsExpireAt,
+    LotsSinceSequence,
 }
 
 /// The `credit_hold` table (step 5).
@@ -125,6 +144,37 @@ pub enum CreditHold {
     CloseAvailable,
     ReleaseReason,
     CreatedBy,
+    /// Added by step 6: the lots the hold earmarked, as JSON text.
+    Earmarks,
+}
+
+/// The `credit_lot` table (step 6).
+#[derive(DeriveIden)]
+pub enum CreditLot {
+    Table,
+    Id,
+    UserId,
+    Category,
+    Priority,
+    GrantedAmount,
+    Remaining,
+    Held,
+    ReturnedAmount,
+    ExpiredAmount,
+    ExpireTime,
+    SourceTransactionId,
+    CreatedAt,
+}
+
+/// The `credit_allocation` table (step 6).
+#[derive(DeriveIden)]
+pub enum CreditAllocation {
+    Table,
+    TransactionId,
+    Position,
+    UserId,
+    LotId,
+    Amount,
 }
 
 /// A new table, compared byte for byte on MySQL/MariaDB: their default

@@ -163,7 +163,9 @@ pub fn parse_role(s: &str) -> Result<Role, String> {
 pub fn required_role(method: &str) -> Option<Role> {
     Some(match method {
         "GetUser" | "GetBalance" | "GetTransaction" | "ListTransactions" | "GetHold"
-        | "ListHolds" => Role::Reader,
+        | "ListHolds" | "ListLots" | "WatchBalance" => Role::Reader,
+        // Readers watch one user; the handler asks admin for every user.
+        "WatchTransactions" => Role::Reader,
         // A service may refund only usage; the ledger checks the target.
         "TopUp" | "Spend" | "Refund" | "Reserve" | "Capture" | "Release" => Role::Service,
         "CreateUser" | "Grant" | "VerifyLedger" => Role::Admin,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::app::Limits;
+use crate::app::{Limits, StreamLimits};
 
 /// The credit ledger gRPC service. Without a subcommand it serves.
 #[derive(Parser, Debug, Clone)]
@@ -86,6 +86,20 @@ pub struct Config {
     #[arg(long, env = "CREDIT_HOLD_MAX_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub hold_max_ttl_secs: u32,
 
+    /// Milliseconds between the change feed's looks at the database for
+    /// rows other processes committed and for new feed positions (SQLite,
+    /// MariaDB: the feed's delay across processes; PostgreSQL is told at
+    /// once by NOTIFY and polls only as a fallback).
+    #[arg(long, env = "CREDIT_FEED_POLL_MS", default_value_t = 50)]
+    pub feed_poll_ms: u64,
+
+    /// Seconds between sweeps that write down expired holds and lots of
+    /// users nobody writes to (EXPIRATION transactions, EXPIRED holds);
+    /// 0 turns the sweeper off. Expiry itself never waits for it: reads
+    /// leave expired credit out and every write writes its user's down.
+    #[arg(long, env = "CREDIT_EXPIRY_SWEEP_SECS", default_value_t = 30)]
+    pub expiry_sweep_secs: u64,
+
     #[command(flatten)]
     pub security: SecuritySettings,
 
@@ -115,6 +129,7 @@ impl Config {
                 default_ttl: chrono::TimeDelta::seconds(self.hold_default_ttl_secs as i64),
                 max_ttl: chrono::TimeDelta::seconds(self.hold_max_ttl_secs as i64),
             },
+            feed_poll: Duration::from_millis(self.feed_poll_ms.max(1)),
         }
     }
 }
@@ -266,6 +281,25 @@ pub struct LimitSettings {
     /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "CREDIT_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
+
+    /// Open WatchTransactions/WatchBalance streams per server process; more
+    /// are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CREDIT_MAX_STREAMS", default_value_t = 1000)]
+    pub max_streams: usize,
+
+    /// Open streams per API key (the anonymous caller counts as one key).
+    #[arg(long, env = "CREDIT_MAX_STREAMS_PER_KEY", default_value_t = 100)]
+    pub max_streams_per_key: usize,
+
+    /// Seconds between a stream's heartbeats when nothing happens.
+    #[arg(long, env = "CREDIT_STREAM_HEARTBEAT_SECS", default_value_t = 3)]
+    pub stream_heartbeat_secs: u64,
+
+    /// Seconds a stream may stay unable to send (its consumer reads slower
+    /// than the ledger changes and its buffer is full) before it is cut off
+    /// with RESOURCE_EXHAUSTED; the consumer resumes from its last cursor.
+    #[arg(long, env = "CREDIT_SLOW_CONSUMER_SECS", default_value_t = 10)]
+    pub slow_consumer_secs: u64,
 }
 
 impl LimitSettings {
@@ -275,6 +309,12 @@ impl LimitSettings {
             max_header_bytes: self.max_metadata_bytes,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_requests: self.max_concurrent_requests,
+            streams: StreamLimits {
+                max_streams: self.max_streams,
+                max_streams_per_key: self.max_streams_per_key,
+                heartbeat: Duration::from_secs(self.stream_heartbeat_secs.max(1)),
+                slow_consumer: Duration::from_secs(self.slow_consumer_secs.max(1)),
+            },
         }
     }
 }

@@ -90,6 +90,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         limits: config.limits.limits(),
         grpc_web: config.grpc_web.options(),
         access_log: config.telemetry.access_log,
+        sweep_interval: (config.expiry_sweep_secs > 0)
+            .then(|| Duration::from_secs(config.expiry_sweep_secs)),
         ..ServeOptions::default()
     };
     let mut server = tokio::spawn(app::serve(listener, ledger, options, async move {

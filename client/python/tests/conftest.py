@@ -118,6 +118,10 @@ def start_server(
                     target,
                     "--database-url",
                     f"sqlite://{workdir / 'credits.db'}?mode=rwc",
+                    # No expiry sweeper: tests that look at expired credit
+                    # before any write wrote it down must not race one.
+                    "--expiry-sweep-secs",
+                    "0",
                     *args,
                 ],
                 stdout=log,

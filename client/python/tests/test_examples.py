@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from conftest import PACKAGE_ROOT, Server
@@ -42,6 +43,18 @@ def test_holds_example(server_target: str) -> None:
     assert "refused: HOLD_NOT_ACTIVE" in out
     assert "balance 63, held 0, available 63" in out
     assert "captured 37 of 50" in out
+
+
+def test_lots_example(server_target: str) -> None:
+    out = run("lots.py", server_target)
+    assert "  drew 20 from resold\n  drew 40 from promo\n" in out
+    assert "balance 110: paid 100, promotional 10" in out
+    week = (datetime.now(timezone.utc) + timedelta(days=7)).date()
+    assert any(f"10 expire on {day:%Y-%m-%d}" in out for day in (week, week - timedelta(days=1)))
+    assert (
+        "  resold: 0 of 20 PAID\n  promo: 10 of 50 PROMOTIONAL\n  paid: 100 of 100 PAID\n" in out
+    )
+    assert "refused: ['priority']" in out
 
 
 def test_async_example(server_target: str) -> None:

@@ -1,4 +1,4 @@
-// Every RPC of credit.v1.CreditService once: node .build/examples/every-rpc.js
+// Every RPC of credit.v1.CreditService from before holds and lots once (holds.ts and lots.ts show those): node .build/examples/every-rpc.js
 import { TransactionType, createCreditClient, timestampDate } from "credit-ledger-client";
 
 const credits = createCreditClient({ baseUrl: process.env.CREDIT_URL ?? "http://127.0.0.1:50051" });

@@ -17,14 +17,16 @@
  */
 import type { JsonObject } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import type { Client, Transport } from "@connectrpc/connect";
 
-import { CreditService, HoldState, TransactionType } from "./gen/credit/v1/credit_pb.js";
+import { CreditCategory, CreditService, HoldState, TransactionType } from "./gen/credit/v1/credit_pb.js";
 import type {
   CaptureResponse,
   GetBalanceResponse,
   Hold,
+  Lot,
   ReleaseResponse,
   ReserveResponse,
   Transaction,
@@ -83,8 +85,19 @@ export interface CreateUserInput {
   name?: string;
 }
 
-/** Purchased credits to add. */
-export interface TopUpInput extends WriteOptions {
+/** What a top-up or grant says about the lot its credits go to. */
+export interface LotOptions {
+  /** When the credits expire (in the future); never when omitted. */
+  expireTime?: Date;
+  /**
+   * The draw priority, an integer 0-100: lower is spent first. Omitted: the
+   * server's default (100 for a top-up, 50 for a grant).
+   */
+  priority?: number;
+}
+
+/** Purchased credits to add, in a new PAID lot. */
+export interface TopUpInput extends WriteOptions, LotOptions {
   userId: string;
   /** The credits to add; > 0. */
   amount: Amount;
@@ -109,13 +122,18 @@ export interface SpendInput extends WriteOptions {
   usage?: UsageInput;
 }
 
-/** Credits to give without payment. */
-export interface GrantInput extends WriteOptions {
+/** Credits to give without payment, in a new lot. */
+export interface GrantInput extends WriteOptions, LotOptions {
   userId: string;
   /** The credits to give; > 0. */
   amount: Amount;
   /** Why the credits were given (at most 256 characters). */
   reason?: string;
+  /**
+   * `CreditCategory.PROMOTIONAL` (the default when omitted) or
+   * `CreditCategory.PAID`, for credits sold through another channel.
+   */
+  category?: CreditCategory;
 }
 
 /** A refund of an earlier TOP_UP, USAGE or GRANT of the same user. */
@@ -164,6 +182,16 @@ export interface Page {
 export interface Receipt {
   transaction: Transaction;
   balance: bigint;
+}
+
+/** The answer of topUp and grant: a {@link Receipt} plus the lot the credits went to. */
+export interface LotReceipt extends Receipt {
+  /**
+   * The lot the write made (`remaining` as of the write). Undefined only
+   * when a retry is answered for a top-up or grant written before the
+   * server had lots.
+   */
+  lot: Lot | undefined;
 }
 
 /** Credits to hold for work whose cost is known later. */
@@ -237,6 +265,32 @@ export interface HoldReceipt {
   available: bigint;
 }
 
+/** Which of a user's lots to list. */
+export interface LotQuery {
+  userId: string;
+  /** Also lots with nothing left (spent, refunded or expired); only lots with credits left when omitted. */
+  includeEmpty?: boolean;
+  /** Lots per page: the server's default (50) when omitted, at most 1000. */
+  pageSize?: number;
+}
+
+/** A query for one page of lots: a {@link LotQuery} plus where to start. */
+export interface LotPageQuery extends LotQuery {
+  /** The nextPageToken of an earlier page of the same query; the first page when omitted. */
+  pageToken?: string;
+}
+
+/**
+ * One page of lots. It may hold fewer lots than pageSize (even none) and
+ * still have a nextPageToken: only an undefined token ends the listing.
+ */
+export interface LotPage {
+  /** The lots, in draw order. */
+  lots: Lot[];
+  /** The token for the next page; undefined on the last page. */
+  nextPageToken: string | undefined;
+}
+
 /** A user's balance (the generated GetBalanceResponse). */
 export type Balance = GetBalanceResponse;
 
@@ -270,6 +324,31 @@ export function newIdempotencyKey(): string {
   bytes[8] = (bytes[8]! & 0x3f) | 0x80;
   const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+const INT32_MIN = -(2 ** 31);
+const INT32_MAX = 2 ** 31 - 1;
+
+/**
+ * A lot's priority as the int32 the wire carries. Only non-integers and
+ * values outside int32 are refused here; the server says what is wrong with
+ * one outside 0-100 (InvalidArgument, field `priority`).
+ */
+function toPriority(value: number | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (!Number.isInteger(value) || value < INT32_MIN || value > INT32_MAX) {
+    throw new InvalidInput(`priority must be an integer 0-100, got ${value}`);
+  }
+  return value;
+}
+
+/** A Date as a Timestamp; refuses what is not a valid Date. */
+function toTimestamp(value: Date | undefined, field: string): Timestamp | undefined {
+  if (value === undefined) return undefined;
+  if (!(value instanceof Date) || Number.isNaN(value.getTime())) {
+    throw new InvalidInput(`${field} must be a valid Date, got ${String(value)}`);
+  }
+  return timestampFromDate(value);
 }
 
 function required<T>(value: T | undefined, what: string): T {
@@ -353,6 +432,24 @@ export class CreditClient {
     return { transaction: required(response.transaction, "transaction"), balance: response.balance };
   }
 
+  async #lotWrite<R extends { transaction?: Transaction; balance: bigint; lot?: Lot }>(
+    send: (
+      idempotencyKey: string,
+      options: { timeoutMs: number; signal?: AbortSignal; headers: Record<string, string> },
+    ) => Promise<R>,
+    input: WriteOptions,
+    options: CallOptions | undefined,
+  ): Promise<LotReceipt> {
+    // Made once, before the first attempt: every retry sends the same key.
+    const idempotencyKey = input.idempotencyKey ?? newIdempotencyKey();
+    const response = await this.#call((o) => send(idempotencyKey, o), options);
+    return {
+      transaction: required(response.transaction, "transaction"),
+      balance: response.balance,
+      lot: response.lot,
+    };
+  }
+
   /** Creates a user with a zero balance (or returns the existing one with the same email). */
   async createUser(input: CreateUserInput, options?: CallOptions): Promise<User> {
     const request = { userId: input.userId, email: input.email, name: input.name ?? "" };
@@ -371,12 +468,21 @@ export class CreditClient {
     return this.#call((o) => this.raw.getBalance({ userId }, o), options);
   }
 
-  /** Adds purchased credits to a user's balance. */
-  async topUp(input: TopUpInput, options?: CallOptions): Promise<Receipt> {
+  /**
+   * Adds purchased credits to a user's balance, in a new PAID lot that
+   * expires at `expireTime` (never when omitted) and is drawn at `priority`
+   * (default 100, after grants).
+   */
+  async topUp(input: TopUpInput, options?: CallOptions): Promise<LotReceipt> {
     const amount = toInt64(input.amount, "amount");
-    return this.#write(
+    const expireTime = toTimestamp(input.expireTime, "expireTime");
+    const priority = toPriority(input.priority);
+    return this.#lotWrite(
       (idempotencyKey, o) =>
-        this.raw.topUp({ userId: input.userId, amount, idempotencyKey, metadata: input.metadata }, o),
+        this.raw.topUp(
+          { userId: input.userId, amount, idempotencyKey, metadata: input.metadata, expireTime, priority },
+          o,
+        ),
       input,
       options,
     );
@@ -396,13 +502,28 @@ export class CreditClient {
     );
   }
 
-  /** Gives credits that were not paid for. */
-  async grant(input: GrantInput, options?: CallOptions): Promise<Receipt> {
+  /**
+   * Gives credits that were not paid for, in a new lot of `category`
+   * (PROMOTIONAL unless given) that expires at `expireTime` (never when
+   * omitted) and is drawn at `priority` (default 50, before top-ups).
+   */
+  async grant(input: GrantInput, options?: CallOptions): Promise<LotReceipt> {
     const amount = toInt64(input.amount, "amount");
-    return this.#write(
+    const expireTime = toTimestamp(input.expireTime, "expireTime");
+    const priority = toPriority(input.priority);
+    return this.#lotWrite(
       (idempotencyKey, o) =>
         this.raw.grant(
-          { userId: input.userId, amount, idempotencyKey, reason: input.reason ?? "", metadata: input.metadata },
+          {
+            userId: input.userId,
+            amount,
+            idempotencyKey,
+            reason: input.reason ?? "",
+            metadata: input.metadata,
+            expireTime,
+            priority,
+            category: input.category ?? CreditCategory.UNSPECIFIED,
+          },
           o,
         ),
       input,
@@ -592,6 +713,41 @@ export class CreditClient {
     do {
       const page: HoldPage = await this.listHolds({ ...query, pageToken }, options);
       yield* page.holds;
+      if (page.nextPageToken !== undefined && page.nextPageToken === pageToken) {
+        throw new InvalidResponse("the server returned the page token it was given");
+      }
+      pageToken = page.nextPageToken;
+    } while (pageToken !== undefined);
+  }
+
+  /**
+   * One page of a user's lots in draw order: priority (lower first), then
+   * soonest expiry (never-expiring last), then oldest. Only lots with credits
+   * left unless `includeEmpty`. A page may hold fewer lots than `pageSize`
+   * and still have a nextPageToken; {@link iterLots} follows the tokens.
+   */
+  async listLots(query: LotPageQuery, options?: CallOptions): Promise<LotPage> {
+    const pageSize = query.pageSize ?? 0;
+    if (!Number.isInteger(pageSize)) throw new InvalidInput(`pageSize must be an integer, got ${pageSize}`);
+    const request = {
+      userId: query.userId,
+      includeEmpty: query.includeEmpty ?? false,
+      pageSize: Math.min(pageSize, 1000),
+      pageToken: query.pageToken ?? "",
+    };
+    const response = await this.#call((o) => this.raw.listLots(request, o), options);
+    return {
+      lots: response.lots,
+      nextPageToken: response.nextPageToken === "" ? undefined : response.nextPageToken,
+    };
+  }
+
+  /** Every matching lot, in draw order, fetching pages as the iterator is read until the token is empty. */
+  async *iterLots(query: LotQuery, options?: CallOptions): AsyncGenerator<Lot, void, undefined> {
+    let pageToken: string | undefined;
+    do {
+      const page: LotPage = await this.listLots({ ...query, pageToken }, options);
+      yield* page.lots;
       if (page.nextPageToken !== undefined && page.nextPageToken === pageToken) {
         throw new InvalidResponse("the server returned the page token it was given");
       }

@@ -62,6 +62,7 @@ describe('API keys', () => {
     const userId = await newUser(connect(keys.ops.key));
     const reader = connect(keys.auditor.key);
     assert.equal((await reader.getBalance(userId)).balance, 0n);
+    assert.deepEqual((await reader.listLots({ userId, includeEmpty: true })).lots, [], 'ListLots is a read');
     const denied = await rejection(reader.topUp({ userId, amount: 1n }), PermissionDenied);
     assert.equal(denied.code, Code.PermissionDenied);
     await rejection(billing.verifyLedger(userId), PermissionDenied);

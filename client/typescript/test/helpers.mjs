@@ -75,11 +75,12 @@ export function makeCerts(dir) {
 }
 
 /**
- * Starts credit-server with extra `args`; resolves once a call gets an
- * answer from the service. `probe` makes the client options for that call
- * (plaintext by default; TLS servers need their certificates).
+ * Starts credit-server with extra `args` and extra environment variables
+ * `env`; resolves once a call gets an answer from the service. `probe` makes
+ * the client options for that call (plaintext by default; TLS servers need
+ * their certificates).
  */
-export async function startServer({ args = [], scheme = 'http', probe = (baseUrl) => ({ baseUrl }) } = {}) {
+export async function startServer({ args = [], env = {}, scheme = 'http', probe = (baseUrl) => ({ baseUrl }) } = {}) {
   const binary = serverBinary();
   const dir = tempDir('credit-ts-server-');
   const logPath = path.join(dir, 'server.log');
@@ -91,7 +92,7 @@ export async function startServer({ args = [], scheme = 'http', probe = (baseUrl
     const log = openSync(logPath, 'a');
     const child = spawn(binary, [
       '--listen', `127.0.0.1:${port}`, '--database-url', `sqlite://${path.join(dir, 'credits.db')}?mode=rwc`, ...args,
-    ], { stdio: ['ignore', log, log], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } });
+    ], { stdio: ['ignore', log, log], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn', ...env } });
     let exited = false;
     child.once('exit', () => { exited = true; });
     const deadline = Date.now() + STARTUP_MS;

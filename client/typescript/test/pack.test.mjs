@@ -68,7 +68,7 @@ test('import (ESM) works in the empty project, with a real call', async () => {
       web: typeof web.createCreditClient, webErrors: typeof web.InsufficientBalance }));
   `);
   const { stdout } = await run(process.execPath, ['esm.mjs', server.baseUrl], { cwd: app, timeout: 30_000 });
-  assert.deepEqual(JSON.parse(stdout), { balance: '42', refused: '42', rpcs: 15, web: 'function', webErrors: 'function' });
+  assert.deepEqual(JSON.parse(stdout), { balance: '42', refused: '42', rpcs: 16, web: 'function', webErrors: 'function' });
 });
 
 test('require (CommonJS) works in the empty project, with a real call', async () => {

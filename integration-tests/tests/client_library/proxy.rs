@@ -164,8 +164,43 @@ fn no_key<M>(_: &M) -> String {
     String::new()
 }
 
+/// A forwarded server stream.
+type Forwarded<T> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Forwards a stream's messages as they come (and its final status).
+fn forwarded<T: Send + 'static>(
+    response: Result<Response<tonic::Streaming<T>>, Status>,
+) -> Result<Response<Forwarded<T>>, Status> {
+    response.map(|r| Response::new(Box::pin(r.into_inner()) as Forwarded<T>))
+}
+
 #[tonic::async_trait]
 impl CreditService for Forward {
+    type WatchTransactionsStream = Forwarded<pb::WatchTransactionsResponse>;
+    type WatchBalanceStream = Forwarded<pb::WatchBalanceResponse>;
+
+    async fn watch_transactions(
+        &self,
+        r: Request<pb::WatchTransactionsRequest>,
+    ) -> Result<Response<Self::WatchTransactionsStream>, Status> {
+        let cursor = |m: &pb::WatchTransactionsRequest| m.start_after.clone();
+        self.forward("WatchTransactions", r, cursor, |mut c, r| async move {
+            forwarded(c.watch_transactions(r).await)
+        })
+        .await
+    }
+
+    async fn watch_balance(
+        &self,
+        r: Request<pb::WatchBalanceRequest>,
+    ) -> Result<Response<Self::WatchBalanceStream>, Status> {
+        self.forward("WatchBalance", r, no_key, |mut c, r| async move {
+            forwarded(c.watch_balance(r).await)
+        })
+        .await
+    }
+
     async fn create_user(
         &self,
         r: Request<pb::CreateUserRequest>,
@@ -325,6 +360,16 @@ impl CreditService for Forward {
     ) -> Result<Response<pb::ListHoldsResponse>, Status> {
         self.forward("ListHolds", r, no_key, |mut c, r| async move {
             c.list_holds(r).await
+        })
+        .await
+    }
+
+    async fn list_lots(
+        &self,
+        r: Request<pb::ListLotsRequest>,
+    ) -> Result<Response<pb::ListLotsResponse>, Status> {
+        self.forward("ListLots", r, no_key, |mut c, r| async move {
+            c.list_lots(r).await
         })
         .await
     }

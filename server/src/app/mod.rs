@@ -30,6 +30,9 @@ pub struct ServeOptions {
     pub grpc_web: Option<GrpcWeb>,
     /// Log one line per finished call at `info`.
     pub access_log: bool,
+    /// `Some`: write down due hold and lot expiries of users nobody writes
+    /// to this often (`ledger/sweeper.rs`).
+    pub sweep_interval: Option<Duration>,
 }
 
 /// gRPC-Web settings.
@@ -48,6 +51,7 @@ impl Default for ServeOptions {
             health_interval: Duration::from_secs(2),
             grpc_web: None,
             access_log: true,
+            sweep_interval: None,
         }
     }
 }
@@ -64,6 +68,7 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
     pub max_concurrent_requests: usize,
+    pub streams: StreamLimits,
 }
 
 impl Default for Limits {
@@ -73,6 +78,31 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             request_timeout: Duration::from_secs(10),
             max_concurrent_requests: 1024,
+            streams: StreamLimits::default(),
+        }
+    }
+}
+
+/// Limits of the Watch streams.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// Open streams per server process.
+    pub max_streams: usize,
+    /// Open streams per API key.
+    pub max_streams_per_key: usize,
+    /// Longest quiet time between two messages of a transaction stream.
+    pub heartbeat: Duration,
+    /// How long a stream may stay unable to send before it is cut off.
+    pub slow_consumer: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_streams: 1000,
+            max_streams_per_key: 100,
+            heartbeat: Duration::from_secs(3),
+            slow_consumer: Duration::from_secs(10),
         }
     }
 }
@@ -91,12 +121,16 @@ pub async fn serve(
     let limits = options.limits;
     let db = ledger.db().clone();
     let ledger_for_pool = ledger.clone();
-    let api = CreditServiceServer::new(CreditApi::new(ledger))
+    let feed = ledger.feed_signals().clone();
+    let api = CreditServiceServer::new(CreditApi::new(ledger, limits.streams.clone()))
         .max_decoding_message_size(limits.max_message_bytes);
 
     let (mut health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
     let watcher = tokio::spawn(watch_database(db, health.clone(), options.health_interval));
+    let sweeper = options
+        .sweep_interval
+        .map(|every| tokio::spawn(crate::ledger::sweeper::run(ledger_for_pool.clone(), every)));
     let pool_gauges = tokio::spawn(report_pool(ledger_for_pool));
 
     // v1 and v1alpha: older grpcurl releases speak only v1alpha.
@@ -105,9 +139,17 @@ pub async fn serve(
 
     let shutdown = async move {
         shutdown.await;
-        tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
+        tracing::info!(
+            "shutting down: health NOT_SERVING, ending streams, finishing in-flight calls"
+        );
+        // Streams never end by themselves; they end with UNAVAILABLE so
+        // their consumers resume elsewhere from their last cursor.
+        feed.close();
         watcher.abort();
         pool_gauges.abort();
+        if let Some(sweeper) = &sweeper {
+            sweeper.abort();
+        }
         end_health_watches(&mut health).await;
     };
 

@@ -35,6 +35,10 @@ pub struct Model {
     pub close_available: Option<i64>,
     pub release_reason: Option<String>,
     pub created_by: Option<String>,
+    /// The lots the hold earmarked at reserve time, in draw order, as JSON
+    /// `[{"lot_id": .., "amount": ..}]`.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub earmarks: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -33,6 +33,9 @@ pub struct Model {
     pub created_by_subject: Option<String>,
     /// The hold a capture's USAGE transaction settled.
     pub hold_id: Option<String>,
+    /// The transaction's place in the change feed, given by the sequencer
+    /// after it committed (`ledger/feed.rs`); NULL until then.
+    pub feed_position: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

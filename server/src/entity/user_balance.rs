@@ -21,6 +21,17 @@ pub struct Model {
     pub holds_expire_at: Option<DateTimeUtc>,
     /// Holds the user ever had.
     pub hold_count: i64,
+    /// The part of `balance` in PROMOTIONAL lots (the rest is PAID).
+    pub promotional: i64,
+    /// Credits a TOP_UP refund took beyond what the lots held; the next
+    /// credit pays it back first. `balance == sum(lot remaining) - deficit`.
+    pub deficit: i64,
+    /// The earliest expire_time among lots with unearmarked credit left (a
+    /// lower bound: see `ledger/lots.rs`); none when no such lot expires.
+    pub lots_expire_at: Option<DateTimeUtc>,
+    /// The user's last sequence when lots began (the migration): every
+    /// later transaction has allocations that add up to its amount.
+    pub lots_since_sequence: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

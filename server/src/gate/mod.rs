@@ -132,10 +132,11 @@ where
             return Box::pin(inner.call(request));
         };
         let method = method.to_owned();
+        let grpc_type = grpc_type(&method);
         let started = Instant::now();
         // Counted when it starts, so started - handled is what is in flight.
         ::metrics::counter!(m::STARTED,
-            "grpc_service" => SERVICE, "grpc_method" => method.clone(), "grpc_type" => "unary")
+            "grpc_service" => SERVICE, "grpc_method" => method.clone(), "grpc_type" => grpc_type)
         .increment(1);
         let config = self.layer.config.clone();
         let info = CallInfo {
@@ -153,6 +154,7 @@ where
         );
         let finish = Finish {
             method: method.clone(),
+            grpc_type,
             started,
             info: info.clone(),
             span: span.clone(),
@@ -259,6 +261,16 @@ fn header_bytes(headers: &http::HeaderMap) -> usize {
         .sum()
 }
 
+/// The kind of call, for metrics. A stream counts as handled when its
+/// response starts (its messages follow); its length is not a latency.
+fn grpc_type(method: &str) -> &'static str {
+    if method.starts_with("Watch") {
+        "server_stream"
+    } else {
+        "unary"
+    }
+}
+
 /// The caller's request id when it is a sane one (1 to 128 visible ASCII
 /// characters), else a new one.
 fn request_id(headers: &http::HeaderMap) -> String {
@@ -290,6 +302,7 @@ impl Drop for InFlight {
 /// future dropped) is still counted, as CANCELLED.
 struct Finish {
     method: String,
+    grpc_type: &'static str,
     started: Instant,
     info: CallInfo,
     span: tracing::Span,
@@ -336,10 +349,10 @@ impl Finish {
         let method = self.method.clone();
         ::metrics::counter!(m::HANDLED,
             "grpc_service" => SERVICE, "grpc_method" => method.clone(),
-            "grpc_type" => "unary", "grpc_code" => code_name.clone())
+            "grpc_type" => self.grpc_type, "grpc_code" => code_name.clone())
         .increment(1);
         ::metrics::histogram!(m::HANDLING_SECONDS,
-            "grpc_service" => SERVICE, "grpc_method" => method, "grpc_type" => "unary")
+            "grpc_service" => SERVICE, "grpc_method" => method, "grpc_type" => self.grpc_type)
         .record(elapsed.as_secs_f64());
         self.span.record("grpc_code", code_name.as_str());
         if self.access_log {

@@ -20,9 +20,9 @@ use sea_orm::{
     ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QuerySelect, Statement,
 };
 
-use super::model::HoldState;
-use super::store::time_value;
-use crate::entity::credit_hold;
+use super::lots::earmarks_of;
+use super::model::{HoldState, LotCategory};
+use crate::entity::{credit_hold, credit_lot};
 
 use super::faults::Fault;
 use super::store::Store;
@@ -221,25 +221,41 @@ async fn fetch(
             .await?
     };
     // `held` is exact until the user's earliest hold expires; past that,
-    // the active holds that have not expired are summed (a later write will
-    // write their expiry down). One extra query, only for such users.
+    // the active holds that have not expired are summed, and the earmarks
+    // of those that have are given back to their lots (a later write will
+    // write both down). One extra query, only for such users.
     let stale: Vec<&str> = rows
         .iter()
         .filter(|r| r.holds_expire_at.is_some_and(|at| at <= now))
         .map(|r| r.user_id.as_str())
         .collect();
-    let fresh_held = held_now(db, &stale, now).await?;
+    let holds = holds_now(db, &stale, now).await?;
+    // Likewise the lots: only users with expiring credit need them read,
+    // and those whose expired holds may have given credit back to a lot.
+    let expiring: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.lots_expire_at.is_some() || stale.contains(&r.user_id.as_str()))
+        .map(|r| r.user_id.as_str())
+        .collect();
+    let expiring = expiring_lots(db, &expiring, &holds.freed, now).await?;
     Ok(rows
         .iter()
         .map(|r| {
             let held = match r.holds_expire_at {
-                Some(at) if at <= now => fresh_held.get(&r.user_id).copied().unwrap_or(0),
+                Some(at) if at <= now => holds.held.get(&r.user_id).copied().unwrap_or(0),
                 _ => r.held,
             };
+            let lots = expiring.get(&r.user_id).cloned().unwrap_or_default();
+            let balance = r.balance - lots.expired_paid - lots.expired_promotional;
+            let promotional = r.promotional - lots.expired_promotional;
             let balance = Balance {
                 user_id: r.user_id.clone(),
-                balance: r.balance,
+                balance,
                 held,
+                paid: balance - promotional,
+                promotional,
+                next_expire_time: lots.next_expire_time,
+                next_expiring_amount: lots.next_expiring_amount,
                 last_sequence: r.last_sequence,
                 updated_at: r.updated_at,
             };
@@ -248,28 +264,101 @@ async fn fetch(
         .collect())
 }
 
-/// The credits of `users`' ACTIVE holds that have not expired at `now`.
-async fn held_now(
+/// What a user's expiring lots mean at `now`.
+#[derive(Debug, Clone, Default)]
+struct Expiring {
+    /// Unearmarked credit of lots past their expire_time that no write has
+    /// written down yet (it no longer counts), by category.
+    expired_paid: i64,
+    expired_promotional: i64,
+    next_expire_time: Option<DateTime<Utc>>,
+    next_expiring_amount: i64,
+}
+
+/// Reads the lots of `users` with unearmarked credit and an expiry. `freed`
+/// are the earmarks, by lot, of holds that expired but were not yet written
+/// down: they are unearmarked as of `now`, so if their lot has expired too
+/// they no longer count.
+async fn expiring_lots(
+    db: &DatabaseConnection,
+    users: &[&str],
+    freed: &HashMap<String, i64>,
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, Expiring>, LedgerError> {
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = credit_lot::Entity::find()
+        .filter(credit_lot::Column::UserId.is_in(users.iter().copied()))
+        .filter(credit_lot::Column::Remaining.gt(0))
+        .filter(credit_lot::Column::ExpireTime.is_not_null())
+        .all(db)
+        .await?;
+    let mut out: HashMap<String, Expiring> = HashMap::new();
+    for lot in rows {
+        let held = lot.held - freed.get(&lot.id).copied().unwrap_or(0);
+        let (Some(at), free) = (lot.expire_time, lot.remaining - held) else {
+            continue;
+        };
+        if free <= 0 {
+            continue;
+        }
+        let e = out.entry(lot.user_id.clone()).or_default();
+        if at <= now {
+            if lot.category == LotCategory::Promotional.as_str() {
+                e.expired_promotional += free;
+            } else {
+                e.expired_paid += free;
+            }
+        } else if e.next_expire_time.is_none_or(|next| at < next) {
+            e.next_expire_time = Some(at);
+            e.next_expiring_amount = free;
+        } else if e.next_expire_time == Some(at) {
+            e.next_expiring_amount += free;
+        }
+    }
+    Ok(out)
+}
+
+/// What `users`' ACTIVE holds mean at `now`.
+#[derive(Debug, Default)]
+pub(super) struct HoldsNow {
+    /// Credits of the holds that have not expired, by user.
+    pub held: HashMap<String, i64>,
+    /// Earmarks of the holds that have expired, by lot.
+    pub freed: HashMap<String, i64>,
+}
+
+/// Reads `users`' ACTIVE holds (as last written) and sorts them by whether
+/// they have expired at `now`.
+pub(super) async fn holds_now(
     db: &DatabaseConnection,
     users: &[&str],
     now: DateTime<Utc>,
-) -> Result<HashMap<String, i64>, LedgerError> {
+) -> Result<HoldsNow, LedgerError> {
+    let mut out = HoldsNow::default();
     if users.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(out);
     }
     let rows = credit_hold::Entity::find()
         .select_only()
         .column(credit_hold::Column::UserId)
         .column(credit_hold::Column::Amount)
+        .column(credit_hold::Column::ExpireTime)
+        .column(credit_hold::Column::Earmarks)
         .filter(credit_hold::Column::UserId.is_in(users.iter().copied()))
         .filter(credit_hold::Column::State.eq(HoldState::Active.as_str()))
-        .filter(credit_hold::Column::ExpireTime.gt(time_value(db.get_database_backend(), now)))
-        .into_tuple::<(String, i64)>()
+        .into_tuple::<(String, i64, DateTime<Utc>, Option<String>)>()
         .all(db)
         .await?;
-    let mut held = HashMap::new();
-    for (user, amount) in rows {
-        *held.entry(user).or_insert(0) += amount;
+    for (user, amount, expire_time, earmarks) in rows {
+        if expire_time > now {
+            *out.held.entry(user).or_insert(0) += amount;
+        } else {
+            for e in earmarks_of(earmarks.as_deref())? {
+                *out.freed.entry(e.lot_id).or_insert(0) += e.amount;
+            }
+        }
     }
-    Ok(held)
+    Ok(out)
 }

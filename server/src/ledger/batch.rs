@@ -41,11 +41,15 @@ use uuid::Uuid;
 
 use super::error::LedgerError;
 use super::holds;
-use super::model::{Operation, Transaction, WriteOutcome, WriteRequest};
+use super::lookup::{self, Stored};
+use super::lots;
+use super::model::{Operation, Transaction, TxKind, WriteOutcome, WriteRequest};
 use super::rows::to_row;
 use super::rules::{self, Account, RefundTarget};
 use super::store::HoldRules;
-use crate::entity::{credit_hold, credit_transaction as ctx, user_balance};
+use crate::entity::{
+    credit_allocation, credit_hold, credit_lot, credit_transaction as ctx, user_balance,
+};
 
 /// A write waiting to be applied: the request, the idempotency key it was
 /// given when it entered the ledger (the caller's, or one made then: never
@@ -107,33 +111,44 @@ pub async fn apply_batch<C: ConnectionTrait>(
         .iter()
         .filter(|p| !skipped.contains(&p.req.user_id))
         .collect();
-    let stored = stored_by_key(db, &locked, &accounts).await?;
+    let found = lookup::lookup(db, &locked, &accounts, now).await?;
     let targets = refund_targets(db, &locked).await?;
-    let holds = holds::load(db, &locked, &accounts, now).await?;
-    let mut state = BatchState::new(accounts, stored, targets, now);
-    state.holds = holds;
+    let users: HashSet<&str> = accounts.keys().map(String::as_str).collect();
+    let target_ids: HashSet<&str> = targets.keys().map(String::as_str).collect();
+    let loaded = lots::load(db, &users, &target_ids).await?;
+    let mut state = BatchState::new(accounts, found.stored, targets, now);
+    state.holds = found.holds;
     state.hold_rules = rules;
-    state.expire_holds();
-    let steps = batch
-        .iter()
-        .map(|p| match skipped.contains(&p.req.user_id) {
-            true => Step::Skipped,
-            false => Step::Done(state.step(p)),
-        })
-        .collect();
+    state.lots = loaded.lots;
+    state.stored_allocations = loaded.allocations;
+    state.refunds_of = loaded.refunds_of;
+    for user in users_of(&state) {
+        state.expire_due(&user)?;
+    }
+    let mut steps = Vec::with_capacity(batch.len());
+    for p in batch {
+        if skipped.contains(&p.req.user_id) {
+            steps.push(Step::Skipped);
+            continue;
+        }
+        let result = state.step(p);
+        // An internal error may leave the batch's state half-changed:
+        // nothing of the batch is written, and its writes go one by one.
+        if let Err(err @ LedgerError::Internal(_)) = result {
+            return Err(err);
+        }
+        steps.push(Step::Done(result));
+    }
+    state.recompute_lot_expiry();
     state.write(db).await?;
     Ok(steps)
 }
 
-/// What a caller's key already named, under the batch's locks.
-#[derive(Debug, Default)]
-pub struct Stored {
-    /// Transactions by (user, key).
-    pub transactions: HashMap<(String, String), ctx::Model>,
-    /// Holds by (user, the key they were reserved with).
-    pub reserves: HashMap<(String, String), credit_hold::Model>,
-    /// Holds by (user, the key of the capture or release that closed them).
-    pub closes: HashMap<(String, String), credit_hold::Model>,
+/// The users whose rows the batch holds, in a stable order.
+fn users_of(state: &BatchState) -> Vec<String> {
+    let mut users: Vec<String> = state.accounts.keys().cloned().collect();
+    users.sort();
+    users
 }
 
 /// The state of one batch as its requests are applied in order: the locked
@@ -158,6 +173,17 @@ pub struct BatchState {
     changed_targets: HashSet<String>,
     pub(super) new_holds: HashSet<String>,
     pub(super) changed_holds: HashSet<String>,
+    /// Lots by id: every lot of the batch's users with credit left, and
+    /// the lots its refunds' targets touched (`lots.rs`).
+    pub(super) lots: HashMap<String, credit_lot::Model>,
+    /// Stored allocations of refund targets and their earlier refunds.
+    pub(super) stored_allocations: HashMap<String, Vec<credit_allocation::Model>>,
+    pub(super) refunds_of: HashMap<String, Vec<String>>,
+    /// Allocations of the transactions this batch writes.
+    pub(super) allocations: Vec<credit_allocation::Model>,
+    pub(super) new_lots: HashSet<String>,
+    pub(super) changed_lots: HashSet<String>,
+    pub(super) changed_lot_users: HashSet<String>,
 }
 
 impl BatchState {
@@ -181,6 +207,13 @@ impl BatchState {
             changed_targets: HashSet::new(),
             new_holds: HashSet::new(),
             changed_holds: HashSet::new(),
+            lots: HashMap::new(),
+            stored_allocations: HashMap::new(),
+            refunds_of: HashMap::new(),
+            allocations: Vec::new(),
+            new_lots: HashSet::new(),
+            changed_lots: HashSet::new(),
+            changed_lot_users: HashSet::new(),
         }
     }
 
@@ -208,11 +241,32 @@ impl BatchState {
         let outcome = match &req.operation {
             Operation::Reserve { .. } => self.reserve(pending)?,
             Operation::Capture { .. } | Operation::Release { .. } => self.close_hold(pending)?,
+            Operation::Settle => self.settle(&req.user_id),
             _ => self.change_balance(pending)?,
         };
         self.in_batch
             .insert(lookup, (pending.fingerprint.clone(), outcome.clone()));
         Ok(outcome)
+    }
+
+    /// A settle: the batch's first step (`expire_due`)
+    /// already wrote down every expiry due for the user. A next lot expiry
+    /// still due then (its lot's credit all earmarked) is recomputed, so a
+    /// sweep does not find the same user due again for nothing.
+    fn settle(&mut self, user: &str) -> WriteOutcome {
+        let account = &self.accounts[user];
+        if account.lots_expire_at.is_some_and(|at| at <= self.now) {
+            self.changed_lot_users.insert(user.to_owned());
+        }
+        let account = &self.accounts[user];
+        WriteOutcome {
+            transaction: None,
+            hold: None,
+            lot: None,
+            balance: account.balance,
+            available: account.available(),
+            replayed: false,
+        }
     }
 
     /// A top-up, spend, grant or refund: one transaction.
@@ -221,6 +275,12 @@ impl BatchState {
         let Some(account) = self.accounts.get_mut(&req.user_id) else {
             return Err(LedgerError::UserNotFound(req.user_id.clone()));
         };
+        // Refused before anything changes (the ledger's clock decides).
+        if let Operation::TopUp { lot, .. } | Operation::Grant { lot, .. } = &req.operation
+            && lot.expire_time.is_some_and(|at| at <= self.now)
+        {
+            return Err(LedgerError::invalid("expire_time", "must be in the future"));
+        }
         let change = rules::plan(&req.user_id, &req.operation, &self.targets)?;
         let (balance, sequence) = rules::apply(account, &change)?;
         if let Some((target, amount)) = &change.refund_of
@@ -231,7 +291,7 @@ impl BatchState {
         }
         self.changed_accounts.insert(req.user_id.clone());
 
-        let transaction = Transaction {
+        let mut transaction = Transaction {
             id: Uuid::now_v7().to_string(),
             user_id: req.user_id.clone(),
             kind: change.kind,
@@ -248,13 +308,58 @@ impl BatchState {
             created_by: Some(req.actor.name.clone()),
             created_by_subject: req.actor.certificate_subject.clone(),
             hold_id: None,
+            allocations: Vec::new(),
         };
+        let user = req.user_id.as_str();
+        let mut lot = None;
+        transaction.allocations = match (&req.operation, &transaction.refunded_transaction_id) {
+            (Operation::TopUp { amount, lot: terms }, _) => {
+                let (made, allocations) =
+                    self.add_lot(user, &transaction.id, TxKind::TopUp, *amount, *terms)?;
+                lot = Some(made);
+                allocations
+            }
+            (
+                Operation::Grant {
+                    amount, lot: terms, ..
+                },
+                _,
+            ) => {
+                let (made, allocations) =
+                    self.add_lot(user, &transaction.id, TxKind::Grant, *amount, *terms)?;
+                lot = Some(made);
+                allocations
+            }
+            (Operation::Refund { .. }, Some(target)) => {
+                let kind = self
+                    .targets
+                    .get(target)
+                    .and_then(|t| TxKind::parse(&t.row.r#type));
+                match kind {
+                    Some(TxKind::Usage) => self.return_to_lots(user, target, transaction.amount)?,
+                    // Taking back a top-up or grant starts with its own lot;
+                    // only a top-up may leave a deficit (`rules::apply`).
+                    kind => {
+                        let first = self.lot_of(target);
+                        let top_up = kind == Some(TxKind::TopUp);
+                        self.draw(user, -transaction.amount, first.as_deref(), top_up)?
+                    }
+                }
+            }
+            _ => self.draw(user, -transaction.amount, None, false)?,
+        };
+        self.record_allocations(&transaction, &transaction.allocations.clone());
         self.rows
             .push(to_row(&transaction, pending.fingerprint.clone()));
-        let available = balance.saturating_sub(account.held);
+        self.expire_lots(user)?;
+        // What the batch's expiry may have taken since is in the answer.
+        let account = &self.accounts[user];
+        let (balance, available) = (account.balance, account.available());
+        let lot = lot.map(|l| lots::to_lot(&l, self.now)).transpose()?;
         Ok(WriteOutcome {
             transaction: Some(transaction),
             hold: None,
+            lot,
             balance,
             available,
             replayed: false,
@@ -285,6 +390,7 @@ impl BatchState {
                 transaction,
                 // Closed holds never change again: as it is now is as it was.
                 hold: Some(holds::to_hold(hold, self.now)?),
+                lot: None,
                 balance: hold.close_balance.unwrap_or_default(),
                 available: hold.close_available.unwrap_or_default(),
                 replayed: true,
@@ -297,6 +403,7 @@ impl BatchState {
             return Ok(Some(WriteOutcome {
                 transaction: None,
                 hold: Some(holds::as_reserved(hold)?),
+                lot: None,
                 balance: hold.reserve_balance,
                 available: hold.reserve_available,
                 replayed: true,
@@ -331,6 +438,7 @@ impl BatchState {
             .map(|(id, t)| (id, t.refunded))
             .collect();
         write_refunded(db, &refunded).await?;
+        lots::write(db, &self).await?;
         if !self.rows.is_empty() {
             ctx::Entity::insert_many(
                 self.rows
@@ -360,6 +468,7 @@ fn replay(
         available: transaction.running_balance,
         transaction: Some(transaction),
         hold: None,
+        lot: None,
         replayed: true,
     })
 }
@@ -403,6 +512,9 @@ async fn lock_accounts<C: ConnectionTrait>(
                 held: r.held,
                 holds_expire_at: r.holds_expire_at,
                 hold_count: r.hold_count,
+                promotional: r.promotional,
+                deficit: r.deficit,
+                lots_expire_at: r.lots_expire_at,
             };
             (r.user_id, account)
         })
@@ -447,77 +559,6 @@ async fn bound_lock_wait<C: ConnectionTrait>(
     };
     db.execute_raw(Statement::from_string(backend, sql)).await?;
     Ok(())
-}
-
-/// Stored transactions that carry one of the batch's caller-given keys.
-async fn stored_by_key<C: ConnectionTrait>(
-    db: &C,
-    batch: &[&Pending],
-    accounts: &HashMap<String, Account>,
-) -> Result<Stored, LedgerError> {
-    let wanted: HashSet<(&str, &str)> = batch
-        .iter()
-        .filter(|p| p.caller_key)
-        .map(|p| (p.req.user_id.as_str(), p.key.as_str()))
-        .collect();
-    if wanted.is_empty() {
-        return Ok(Stored::default());
-    }
-    // Keys are unique per user across transactions and holds. Only users
-    // who ever had a hold can have a key on one: the others' writes pay
-    // for no hold lookup.
-    let with_holds: HashSet<(&str, &str)> = wanted
-        .iter()
-        .filter(|(u, _)| accounts.get(*u).is_some_and(|a| a.hold_count > 0))
-        .copied()
-        .collect();
-    let (reserves, closes) = holds::by_key(db, &with_holds).await?;
-    Ok(Stored {
-        transactions: transactions_by_key(db, &wanted).await?,
-        reserves,
-        closes,
-    })
-}
-
-/// Stored transactions with one of the `wanted` (user, key) pairs.
-async fn transactions_by_key<C: ConnectionTrait>(
-    db: &C,
-    wanted: &HashSet<(&str, &str)>,
-) -> Result<HashMap<(String, String), ctx::Model>, LedgerError> {
-    let rows = if db.get_database_backend() == DbBackend::Postgres {
-        // One probe of the unique (user_id, idempotency_key) index per pair,
-        // whatever the table's statistics say. With `user_id IN .. AND key
-        // IN ..` a fresh, never-analysed table lets PostgreSQL scan all of a
-        // busy user's rows instead (milliseconds per batch, growing).
-        let (users, keys): (Vec<String>, Vec<String>) = wanted
-            .iter()
-            .map(|(u, k)| ((*u).to_owned(), (*k).to_owned()))
-            .unzip();
-        let sql = "SELECT t.* FROM credit_transaction t \
-                   JOIN unnest($1::text[], $2::text[]) AS w(user_id, idempotency_key) \
-                   ON t.user_id = w.user_id AND t.idempotency_key = w.idempotency_key";
-        ctx::Entity::find()
-            .from_raw_sql(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                sql,
-                [users.into(), keys.into()],
-            ))
-            .all(db)
-            .await?
-    } else {
-        let users: HashSet<&str> = wanted.iter().map(|(u, _)| *u).collect();
-        let keys: HashSet<&str> = wanted.iter().map(|(_, k)| *k).collect();
-        ctx::Entity::find()
-            .filter(ctx::Column::UserId.is_in(users))
-            .filter(ctx::Column::IdempotencyKey.is_in(keys))
-            .all(db)
-            .await?
-    };
-    Ok(rows
-        .into_iter()
-        .filter(|r| wanted.contains(&(r.user_id.as_str(), r.idempotency_key.as_str())))
-        .map(|r| ((r.user_id.clone(), r.idempotency_key.clone()), r))
-        .collect())
 }
 
 /// The transactions the batch's refunds point at (read under the owners'
@@ -572,7 +613,16 @@ async fn write_accounts<C: ConnectionTrait>(
             C::LastSequence,
             case(|a| a.last_sequence.into(), C::LastSequence).into(),
         )
-        .col_expr(C::UpdatedAt, Expr::value(updated_at));
+        .col_expr(C::UpdatedAt, Expr::value(updated_at))
+        .col_expr(
+            C::Promotional,
+            case(|a| a.promotional.into(), C::Promotional).into(),
+        )
+        .col_expr(C::Deficit, case(|a| a.deficit.into(), C::Deficit).into())
+        .col_expr(
+            C::LotsExpireAt,
+            case(|a| a.lots_expire_at.into(), C::LotsExpireAt).into(),
+        );
     if with_holds {
         update = update
             .col_expr(C::Held, case(|a| a.held.into(), C::Held).into())
@@ -671,7 +721,26 @@ mod tests {
                 ((*u).to_owned(), account)
             })
             .collect();
-        BatchState::new(accounts, Stored::default(), HashMap::new(), now)
+        let mut state = BatchState::new(accounts, Stored::default(), HashMap::new(), now);
+        // Each balance in one lot, as the migration leaves a balance.
+        for (u, b) in balances.iter().filter(|(_, b)| *b > 0) {
+            let lot = credit_lot::Model {
+                id: format!("lot-{u}"),
+                user_id: (*u).to_owned(),
+                category: "PAID".into(),
+                priority: 100,
+                granted_amount: *b,
+                remaining: *b,
+                held: 0,
+                returned_amount: 0,
+                expired_amount: 0,
+                expire_time: None,
+                source_transaction_id: None,
+                created_at: now,
+            };
+            state.lots.insert(lot.id.clone(), lot);
+        }
+        state
     }
 
     /// Each request sees the balance the ones before it left; a refusal
@@ -706,7 +775,14 @@ mod tests {
             Err(LedgerError::IdempotencyKeyReused(_))
         ));
         // The same key for another user is another key.
-        let other = s.step(&pending("b", Some("k1"), Operation::TopUp { amount: 2 }));
+        let other = s.step(&pending(
+            "b",
+            Some("k1"),
+            Operation::TopUp {
+                amount: 2,
+                lot: Default::default(),
+            },
+        ));
         assert_eq!(other.unwrap().transaction.unwrap().sequence, 4);
         assert!(matches!(
             s.step(&pending("nobody", None, spend(1))),
@@ -841,7 +917,8 @@ mod tests {
             let accounts = HashMap::from([("a".to_owned(), account.clone())]);
             let mut later = BatchState::new(accounts, Stored::default(), HashMap::new(), now);
             later.holds = HashMap::from([(row.id.clone(), row.clone())]);
-            later.expire_holds();
+            later.lots = s.lots.clone();
+            later.expire_due("a").unwrap();
             let result = later.step(&pending("a", None, capture(&hold.id, 10)));
             if expired {
                 assert!(
@@ -861,5 +938,62 @@ mod tests {
             s.step(&pending("a", None, reserve(1, 8 * 24 * 3600))),
             Err(LedgerError::InvalidArgument(_))
         ));
+    }
+
+    /// Expiries are written down in the order they happened, dated when
+    /// the credit stopped being spendable: a lot's own credit at its
+    /// expire_time; what a hold that outlived its lot gave back, at the
+    /// hold's expire_time; what a hold gave back before its lot expired,
+    /// with the lot, in one transaction.
+    #[test]
+    fn expiries_are_dated_when_the_credit_stopped_being_spendable() {
+        let grant = |amount, expires| Operation::Grant {
+            amount,
+            reason: None,
+            lot: crate::ledger::model::LotTerms {
+                expire_time: Some(expires),
+                ..Default::default()
+            },
+        };
+        /// (amount, created_at) of the EXPIRATIONs a batch writes.
+        type Expirations = Vec<(i64, DateTime<Utc>)>;
+        // (lot expiry, hold ttl, when the next write comes, EXPIRATIONs)
+        let cases: [(i64, i64, i64, Expirations); 4] = [
+            (10, 20, 30, vec![(-10, at(10)), (-20, at(20))]),
+            (20, 10, 30, vec![(-30, at(20))]),
+            (20, 10, 15, vec![]),
+            (10, 10, 30, vec![(-30, at(10))]),
+        ];
+        for (lot_expiry, ttl, next_write, want) in cases {
+            let mut s = state(&[("a", 0)], at(0));
+            s.step(&pending("a", None, grant(30, at(lot_expiry))))
+                .unwrap();
+            s.step(&pending("a", None, reserve(20, ttl))).unwrap();
+            let mut later = BatchState::new(
+                s.accounts.clone(),
+                Stored::default(),
+                HashMap::new(),
+                at(next_write),
+            );
+            later.holds = s.holds.clone();
+            later.lots = s.lots.clone();
+            later.expire_due("a").unwrap();
+            let got: Vec<(i64, DateTime<Utc>)> = later
+                .rows
+                .iter()
+                .map(|r| (r.amount, r.created_at))
+                .collect();
+            assert_eq!(
+                got, want,
+                "lot at {lot_expiry}, hold ttl {ttl}, write at {next_write}"
+            );
+            let account = &later.accounts["a"];
+            let left = 30 + want.iter().map(|(n, _)| n).sum::<i64>();
+            assert_eq!((account.balance, account.held), (left, 0));
+            // Sequences chain in the order the expiries were written.
+            for (i, r) in later.rows.iter().enumerate() {
+                assert_eq!(r.sequence, 5 + i as i64, "{r:?}");
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::model::{Expiry, Operation, Usage, WriteRequest};
+use super::model::{Expiry, LotTerms, Operation, Usage, WriteRequest};
 
 fn usage_parts(usage: &Usage) -> serde_json::Value {
     json!([
@@ -18,11 +18,28 @@ fn usage_parts(usage: &Usage) -> serde_json::Value {
     ])
 }
 
+/// Adds a lot's terms to a TopUp or Grant's form, only those given: a
+/// request without any keeps the fingerprint it had before lots existed.
+fn with_lot(mut op: serde_json::Value, lot: &LotTerms) -> serde_json::Value {
+    if let Some(category) = lot.category {
+        op["category"] = json!(category.as_str());
+    }
+    if let Some(priority) = lot.priority {
+        op["priority"] = json!(priority);
+    }
+    if let Some(at) = lot.expire_time {
+        op["expire_micros"] = json!(at.timestamp_micros());
+    }
+    op
+}
+
 /// SHA-256 (hex) of the request's canonical JSON form, without the user and
 /// the key (they are the lookup, not the content).
 pub fn fingerprint(req: &WriteRequest) -> String {
     let op = match &req.operation {
-        Operation::TopUp { amount } => json!({"op": "TOP_UP", "amount": amount}),
+        Operation::TopUp { amount, lot } => {
+            with_lot(json!({"op": "TOP_UP", "amount": amount}), lot)
+        }
         Operation::Spend { amount, usage } => json!({
             "op": "USAGE",
             "amount": amount,
@@ -31,9 +48,14 @@ pub fn fingerprint(req: &WriteRequest) -> String {
                 usage.node_exec_id, usage.block_id, usage.reason,
             ],
         }),
-        Operation::Grant { amount, reason } => {
-            json!({"op": "GRANT", "amount": amount, "reason": reason})
-        }
+        Operation::Grant {
+            amount,
+            reason,
+            lot,
+        } => with_lot(
+            json!({"op": "GRANT", "amount": amount, "reason": reason}),
+            lot,
+        ),
         Operation::Refund {
             transaction_id,
             amount,
@@ -73,6 +95,7 @@ pub fn fingerprint(req: &WriteRequest) -> String {
         Operation::Release { hold_id, reason } => {
             json!({"op": "RELEASE", "hold": hold_id, "reason": reason})
         }
+        Operation::Settle => json!({"op": "SETTLE"}),
     };
     // serde_json maps are ordered (sorted, or insertion order which is fixed
     // here and sorted for metadata built from a protobuf Struct), so equal
@@ -125,7 +148,10 @@ mod tests {
 
     #[test]
     fn what_is_not_the_request_is_not_in_the_fingerprint() {
-        let a = write(Operation::TopUp { amount: 1 });
+        let a = write(Operation::TopUp {
+            amount: 1,
+            lot: LotTerms::default(),
+        });
         let mut b = a.clone();
         b.user_id = "bob".into();
         b.idempotency_key = None;
@@ -135,7 +161,10 @@ mod tests {
         };
         assert_eq!(fingerprint(&a), fingerprint(&b));
         let mut c = a.clone();
-        c.operation = Operation::TopUp { amount: 2 };
+        c.operation = Operation::TopUp {
+            amount: 2,
+            lot: LotTerms::default(),
+        };
         assert_ne!(fingerprint(&a), fingerprint(&c));
         let mut d = a.clone();
         d.metadata = Some(serde_json::Map::from_iter([("x".to_owned(), 1.into())]));

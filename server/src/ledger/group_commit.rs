@@ -568,6 +568,7 @@ impl Store {
         match applied {
             Ok(steps) => {
                 txn.commit().await?;
+                self.feed.committed();
                 if self.faults.fires(Fault::LoseCommitAnswer, users()) {
                     return Err(LedgerError::OutcomeUnknown(Cause::msg(
                         "fault injected: the commit's answer was lost",

@@ -7,6 +7,7 @@ use sea_orm::{DatabaseConnection, DbBackend};
 
 use super::balance_reads::{self, BalanceReads, ReadStats};
 use super::faults::Fault;
+use super::feed::{self, FeedTasks};
 use super::group_commit::{GroupCommit, WriteStats};
 use super::pool::{self, PoolState};
 use super::store::{HoldRules, Store};
@@ -25,6 +26,10 @@ pub struct LedgerConfig {
     pub acquire_timeout: Duration,
     /// Default and longest hold TTL.
     pub holds: HoldRules,
+    /// How often the change feed's sequencer looks for rows other
+    /// processes committed, and (SQLite, MariaDB) for new feed positions;
+    /// this process's own commits wake it at once.
+    pub feed_poll: Duration,
 }
 
 impl Default for LedgerConfig {
@@ -34,6 +39,7 @@ impl Default for LedgerConfig {
             max_queued_writes: 10_000,
             acquire_timeout: Duration::from_secs(5),
             holds: HoldRules::default(),
+            feed_poll: Duration::from_millis(50),
         }
     }
 }
@@ -48,6 +54,8 @@ pub struct Ledger {
     pub(super) store: Store,
     pub(super) writer: GroupCommit,
     pub(super) reads: BalanceReads,
+    /// The feed's sequencer and listener, stopped with the last clone.
+    _feed: std::sync::Arc<FeedTasks>,
 }
 
 impl Ledger {
@@ -91,6 +99,11 @@ impl Ledger {
         Ok(Self {
             writer: GroupCommit::start(store.clone(), write_slots, config.max_queued_writes),
             reads: BalanceReads::start(store.clone(), read_slots),
+            _feed: std::sync::Arc::new(feed::start(
+                store.clone(),
+                store.feed.clone(),
+                config.feed_poll,
+            )),
             store,
         })
     }
@@ -124,6 +137,11 @@ impl Ledger {
 
     /// Moves this ledger's clock forward (tests of expiry, without sleeping).
     #[doc(hidden)]
+    /// The ledger's clock (the system clock, plus what tests advanced).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.store.clock.now()
+    }
+
     pub fn advance_clock(&self, by: Duration) {
         self.store.clock.advance(by);
     }

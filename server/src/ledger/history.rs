@@ -6,9 +6,10 @@ use sea_orm::{ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, Quer
 
 use super::error::LedgerError;
 use super::handle::Ledger;
+use super::lots;
 use super::model::{Balance, HistoryPage, HistoryQuery, Transaction};
 use super::page_token;
-use crate::entity::credit_transaction as ctx;
+use crate::entity::{credit_allocation, credit_transaction as ctx};
 
 impl Ledger {
     /// The user's balance, read from `user_balance` only (reads that arrive
@@ -32,7 +33,20 @@ impl Ledger {
                 .map_err(|e| self.store.explain(e.into()))?
         };
         match row {
-            Some(row) => Transaction::try_from(row),
+            Some(row) => {
+                let mut transaction = Transaction::try_from(row)?;
+                let allocations = {
+                    let _turn = self.store.direct_read().await?;
+                    credit_allocation::Entity::find()
+                        .filter(credit_allocation::Column::TransactionId.eq(transaction_id))
+                        .order_by_asc(credit_allocation::Column::Position)
+                        .all(self.db())
+                        .await
+                        .map_err(|e| self.store.explain(e.into()))?
+                };
+                transaction.allocations = lots::to_allocations(&allocations);
+                Ok(transaction)
+            }
             None => {
                 self.ensure_user(user_id).await?;
                 Err(LedgerError::TransactionNotFound {

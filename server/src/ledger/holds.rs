@@ -10,7 +10,7 @@
 //! - Expiry needs no job: a hold is expired from the instant its
 //!   `expire_time` is not after the ledger's clock. Every batch first writes
 //!   down the expiry of the holds of its users whose earliest expiry has
-//!   passed (`expire_holds`), so no rule ever sees an expired hold as
+//!   passed (`expire_due`), so no rule ever sees an expired hold as
 //!   active; reads compute the same (`balance_reads.rs`, `as_of`).
 //! - A hold is closed once: only an ACTIVE, unexpired hold can be captured
 //!   or released; the closing request's key, fingerprint and answer are
@@ -19,8 +19,6 @@
 //! - `available = balance - held >= 0`: a reserve takes only from the
 //!   available balance; a capture of more than its hold takes the excess
 //!   only from it (and then leaves `available` where the hold left it).
-
-use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{CaseStatement, Expr};
@@ -32,111 +30,12 @@ use uuid::Uuid;
 
 use super::batch::{BatchState, Pending};
 use super::error::LedgerError;
+use super::lots;
 use super::model::{
     Expiry, Hold, HoldState, Metadata, Operation, Transaction, TxKind, Usage, WriteOutcome,
 };
 use super::rows::to_row;
-use super::rules::Account;
 use crate::entity::credit_hold as holds;
-
-/// Loads, under the batch's locks, every hold a request names (by primary
-/// key) and, for the users whose earliest expiry has passed, all their
-/// ACTIVE holds (to write the expired ones down and find the next expiry).
-/// Nothing else: a capture or release needs only its own hold, because
-/// `holds_expire_at` is kept as a lower bound (see `recompute_expiry`).
-pub async fn load<C: ConnectionTrait>(
-    db: &C,
-    batch: &[&Pending],
-    accounts: &HashMap<String, Account>,
-    now: DateTime<Utc>,
-) -> Result<HashMap<String, holds::Model>, LedgerError> {
-    let due: HashSet<&str> = accounts
-        .iter()
-        .filter(|(_, a)| a.holds_expire_at.is_some_and(|at| at <= now))
-        .map(|(u, _)| u.as_str())
-        .collect();
-    let named: HashSet<&str> = batch
-        .iter()
-        .filter_map(|p| match &p.req.operation {
-            Operation::Capture { hold_id, .. } | Operation::Release { hold_id, .. } => {
-                Some(hold_id.as_str())
-            }
-            _ => None,
-        })
-        .collect();
-    let mut rows = Vec::new();
-    if !named.is_empty() {
-        rows.extend(
-            holds::Entity::find()
-                .filter(holds::Column::Id.is_in(named))
-                .all(db)
-                .await?,
-        );
-    }
-    if !due.is_empty() {
-        rows.extend(
-            holds::Entity::find()
-                .filter(holds::Column::UserId.is_in(due))
-                .filter(holds::Column::State.eq(HoldState::Active.as_str()))
-                .all(db)
-                .await?,
-        );
-    }
-    Ok(rows.into_iter().map(|h| (h.id.clone(), h)).collect())
-}
-
-/// Holds whose reserve or close used one of `wanted`'s (user, key) pairs.
-#[allow(clippy::type_complexity)]
-pub async fn by_key<C: ConnectionTrait>(
-    db: &C,
-    wanted: &HashSet<(&str, &str)>,
-) -> Result<
-    (
-        HashMap<(String, String), holds::Model>,
-        HashMap<(String, String), holds::Model>,
-    ),
-    LedgerError,
-> {
-    let (mut reserves, mut closes) = (HashMap::new(), HashMap::new());
-    if wanted.is_empty() {
-        return Ok((reserves, closes));
-    }
-    let users: HashSet<&str> = wanted.iter().map(|(u, _)| *u).collect();
-    let keys: HashSet<&str> = wanted.iter().map(|(_, k)| *k).collect();
-    // Two probes in one statement (UNION ALL), each of its own unique
-    // (user_id, key) index: `key IN .. OR close_key IN ..` would let a
-    // database scan all of a busy user's holds instead.
-    let probe = |column: holds::Column| {
-        sea_orm::sea_query::Query::select()
-            .column(sea_orm::sea_query::Asterisk)
-            .from(holds::Entity)
-            .and_where(holds::Column::UserId.is_in(users.iter().copied()))
-            .and_where(column.is_in(keys.iter().copied()))
-            .to_owned()
-    };
-    let union = probe(holds::Column::IdempotencyKey)
-        .union(
-            sea_orm::sea_query::UnionType::All,
-            probe(holds::Column::CloseKey),
-        )
-        .to_owned();
-    let rows = holds::Entity::find()
-        .from_raw_sql(db.get_database_backend().build(&union))
-        .all(db)
-        .await?;
-    for row in rows {
-        let reserve = (row.user_id.clone(), row.idempotency_key.clone());
-        if wanted.contains(&(reserve.0.as_str(), reserve.1.as_str())) {
-            reserves.insert(reserve, row.clone());
-        }
-        if let Some(close_key) = &row.close_key
-            && wanted.contains(&(row.user_id.as_str(), close_key.as_str()))
-        {
-            closes.insert((row.user_id.clone(), close_key.clone()), row);
-        }
-    }
-    Ok((reserves, closes))
-}
 
 /// Inserts the batch's new holds and updates the ones it closed or expired.
 pub async fn write<C: ConnectionTrait>(db: &C, state: &BatchState) -> Result<(), LedgerError> {
@@ -220,33 +119,58 @@ pub async fn write<C: ConnectionTrait>(db: &C, state: &BatchState) -> Result<(),
 }
 
 impl BatchState {
-    /// Writes down the expiry of every ACTIVE hold whose expire_time has
-    /// passed, for the users whose earliest expiry has (their holds were
-    /// all loaded): state EXPIRED, closed at its expire_time, its credits
-    /// no longer held.
-    pub fn expire_holds(&mut self) {
+    /// `user`'s ACTIVE holds past their expire_time, in the order they
+    /// expired; none unless the user's earliest expiry has passed (then
+    /// `lookup` loaded all of the user's ACTIVE holds).
+    pub(super) fn due_holds(&self, user: &str) -> Vec<(DateTime<Utc>, String)> {
         let now = self.now;
-        let due: Vec<String> = self
+        let due = self
             .accounts
-            .iter()
-            .filter(|(_, a)| a.holds_expire_at.is_some_and(|at| at <= now))
-            .map(|(u, _)| u.clone())
+            .get(user)
+            .is_some_and(|a| a.holds_expire_at.is_some_and(|at| at <= now));
+        if !due {
+            return Vec::new();
+        }
+        let mut holds: Vec<(DateTime<Utc>, String)> = self
+            .holds
+            .values()
+            .filter(|h| {
+                h.user_id == user && h.state == HoldState::Active.as_str() && h.expire_time <= now
+            })
+            .map(|h| (h.expire_time, h.id.clone()))
             .collect();
-        for user in due {
-            for hold in self.holds.values_mut() {
-                if hold.user_id == user
-                    && hold.state == HoldState::Active.as_str()
-                    && hold.expire_time <= now
-                {
-                    hold.state = HoldState::Expired.as_str().to_owned();
-                    hold.closed_at = Some(hold.expire_time);
-                    self.changed_holds.insert(hold.id.clone());
-                    if let Some(account) = self.accounts.get_mut(&user) {
-                        account.held -= hold.amount;
-                    }
-                }
-            }
-            self.recompute_expiry(&user);
+        holds.sort();
+        holds
+    }
+
+    /// Writes down one hold's expiry: state EXPIRED, closed at its
+    /// expire_time, its credits no longer held. Returns its earmarks, for
+    /// the caller to give back to their lots.
+    pub(super) fn expire_hold(&mut self, id: &str) -> Result<Vec<lots::Earmark>, LedgerError> {
+        let hold = self
+            .holds
+            .get_mut(id)
+            .ok_or_else(|| LedgerError::Internal(format!("hold {id} was not loaded")))?;
+        hold.state = HoldState::Expired.as_str().to_owned();
+        hold.closed_at = Some(hold.expire_time);
+        self.changed_holds.insert(hold.id.clone());
+        if let Some(account) = self.accounts.get_mut(&hold.user_id) {
+            account.held -= hold.amount;
+        }
+        lots::earmarks_of(hold.earmarks.as_deref())
+    }
+
+    /// After `expire_due` ended a user's due holds: `holds_expire_at` made
+    /// exact again (see `recompute_expiry`), for a user whose bound had
+    /// passed.
+    pub(super) fn recompute_hold_expiry_if_due(&mut self, user: &str) {
+        let now = self.now;
+        if self
+            .accounts
+            .get(user)
+            .is_some_and(|a| a.holds_expire_at.is_some_and(|at| at <= now))
+        {
+            self.recompute_expiry(user);
         }
     }
 
@@ -300,6 +224,7 @@ impl BatchState {
                 delta: *amount,
             })?;
         account.hold_count += 1;
+        let (balance, available) = (account.balance, account.available());
         account.holds_expire_at = Some(
             account
                 .holds_expire_at
@@ -322,16 +247,21 @@ impl BatchState {
             capture_transaction_id: None,
             idempotency_key: pending.key.clone(),
             fingerprint: pending.fingerprint.clone(),
-            reserve_balance: account.balance,
-            reserve_available: account.available(),
+            reserve_balance: balance,
+            reserve_available: available,
             close_key: None,
             close_fingerprint: None,
             close_balance: None,
             close_available: None,
             release_reason: None,
             created_by: Some(req.actor.name.clone()),
+            earmarks: None,
         };
-        let (balance, available) = (account.balance, account.available());
+        let earmarks = self.earmark(&req.user_id, *amount);
+        let row = holds::Model {
+            earmarks: Some(lots::earmarks_json(&earmarks)),
+            ..row
+        };
         let hold = as_reserved(&row)?;
         self.new_holds.insert(row.id.clone());
         self.changed_hold_accounts.insert(req.user_id.clone());
@@ -339,6 +269,7 @@ impl BatchState {
         Ok(WriteOutcome {
             transaction: None,
             hold: Some(hold),
+            lot: None,
             balance,
             available,
             replayed: false,
@@ -428,7 +359,7 @@ impl BatchState {
                     balance: account.balance,
                     delta: -amount,
                 })?;
-        let transaction = if amount > 0 {
+        let mut transaction = if amount > 0 {
             account.last_sequence += 1;
             let usage = usage.unwrap_or_else(|| stored_usage(&hold));
             Some(Transaction {
@@ -448,12 +379,27 @@ impl BatchState {
                 created_by: Some(req.actor.name.clone()),
                 created_by_subject: req.actor.certificate_subject.clone(),
                 hold_id: Some(hold.id.clone()),
+                allocations: Vec::new(),
             })
         } else {
             None
         };
         account.balance = new_balance;
         account.held -= hold.amount;
+        // The capture spends the hold's earmarks first; what they do not
+        // cover (the excess, which the check above found available) is
+        // drawn like a spend. The rest of the earmarks goes back.
+        let earmarks = lots::earmarks_of(hold.earmarks.as_deref())?;
+        let (mut allocations, uncovered) = self.end_earmarks(&req.user_id, &earmarks, amount)?;
+        if uncovered > 0 {
+            allocations.extend(self.draw(&req.user_id, uncovered, None, true)?);
+        }
+        if let Some(t) = &mut transaction {
+            t.allocations = allocations;
+            self.record_allocations(t, &t.allocations.clone());
+        }
+        self.expire_lots(&req.user_id)?;
+        let account = &self.accounts[&req.user_id];
         let (balance, available) = (account.balance, account.available());
         if transaction.is_some() {
             self.changed_accounts.insert(req.user_id.clone());
@@ -487,6 +433,7 @@ impl BatchState {
         Ok(WriteOutcome {
             transaction,
             hold: Some(answer),
+            lot: None,
             balance,
             available,
             replayed: false,

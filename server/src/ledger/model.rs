@@ -14,15 +14,18 @@ pub enum TxKind {
     Grant,
     Refund,
     CardCheck,
+    /// The unspent remainder of a lot, gone at its expire_time.
+    Expiration,
 }
 
 impl TxKind {
-    pub const ALL: [TxKind; 5] = [
+    pub const ALL: [TxKind; 6] = [
         TxKind::TopUp,
         TxKind::Usage,
         TxKind::Grant,
         TxKind::Refund,
         TxKind::CardCheck,
+        TxKind::Expiration,
     ];
 
     /// The stored name of the kind.
@@ -33,6 +36,7 @@ impl TxKind {
             TxKind::Grant => "GRANT",
             TxKind::Refund => "REFUND",
             TxKind::CardCheck => "CARD_CHECK",
+            TxKind::Expiration => "EXPIRATION",
         }
     }
 
@@ -53,11 +57,74 @@ pub struct Usage {
     pub reason: Option<String>,
 }
 
+/// Which kind of credit a lot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LotCategory {
+    /// Credits someone paid for (top-ups; grants may say so).
+    Paid,
+    /// Credits given away (grants by default).
+    Promotional,
+}
+
+impl LotCategory {
+    pub const ALL: [LotCategory; 2] = [LotCategory::Paid, LotCategory::Promotional];
+
+    /// The stored name of the category.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LotCategory::Paid => "PAID",
+            LotCategory::Promotional => "PROMOTIONAL",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// What a TopUp or Grant says about the lot it makes; `None` takes the
+/// operation's default (top-ups: PAID, priority 100; grants: PROMOTIONAL,
+/// priority 50; neither expires).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LotTerms {
+    pub category: Option<LotCategory>,
+    /// 0-100, lower is drawn first.
+    pub priority: Option<i32>,
+    pub expire_time: Option<DateTime<Utc>>,
+}
+
+/// Credits that came in together: what is left of them, when they go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lot {
+    pub id: String,
+    pub user_id: String,
+    pub category: LotCategory,
+    pub priority: i32,
+    pub granted_amount: i64,
+    /// Spendable or earmarked credits left, as of the answer (0 once
+    /// expired, but for what active holds earmarked).
+    pub remaining: i64,
+    /// The part of `remaining` earmarked by active holds.
+    pub held: i64,
+    pub expire_time: Option<DateTime<Utc>>,
+    pub source_transaction_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How much a transaction changed one lot (`lot_id: None`: the deficit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub lot_id: Option<String>,
+    pub amount: i64,
+}
+
 /// The balance change a write asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operation {
     TopUp {
         amount: i64,
+        lot: LotTerms,
     },
     Spend {
         amount: i64,
@@ -66,6 +133,7 @@ pub enum Operation {
     Grant {
         amount: i64,
         reason: Option<String>,
+        lot: LotTerms,
     },
     /// `amount: None` refunds everything not yet refunded.
     Refund {
@@ -93,6 +161,10 @@ pub enum Operation {
         hold_id: String,
         reason: Option<String>,
     },
+    /// Write down what time did to the user's holds and lots (their expiry,
+    /// which every batch does first for its users) and nothing else: the
+    /// sweeper's write for users nobody writes to. Never sent by callers.
+    Settle,
 }
 
 /// When a hold asked to end, as the caller said it (resolved against the
@@ -176,6 +248,23 @@ pub struct HoldPage {
     pub next_page_token: Option<String>,
 }
 
+/// Which lots a page lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotQuery {
+    pub user_id: String,
+    /// Also lots with nothing left as of now.
+    pub include_empty: bool,
+    pub page_size: u64,
+    pub page_token: Option<String>,
+}
+
+/// One page of lots, in draw order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LotPage {
+    pub lots: Vec<Lot>,
+    pub next_page_token: Option<String>,
+}
+
 /// One write: an operation on one user's balance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteRequest {
@@ -221,6 +310,9 @@ pub struct Transaction {
     pub created_by_subject: Option<String>,
     /// For a capture's USAGE transaction, the hold it settled.
     pub hold_id: Option<String>,
+    /// The lots it drew from or added to, in order (empty for transactions
+    /// from before lots, and where not read).
+    pub allocations: Vec<Allocation>,
 }
 
 /// The answer to a write: the transaction (none for a reserve, a release or
@@ -229,6 +321,8 @@ pub struct Transaction {
 pub struct WriteOutcome {
     pub transaction: Option<Transaction>,
     pub hold: Option<Hold>,
+    /// The lot a TopUp or Grant made.
+    pub lot: Option<Lot>,
     pub balance: i64,
     /// balance - held.
     pub available: i64,
@@ -261,6 +355,13 @@ pub struct Balance {
     pub balance: i64,
     /// Credits of active holds that have not expired.
     pub held: i64,
+    /// The part of `balance` in PAID and PROMOTIONAL lots (a deficit left
+    /// by a TOP_UP refund counts against paid).
+    pub paid: i64,
+    pub promotional: i64,
+    /// The next instant unearmarked credits expire, and how many.
+    pub next_expire_time: Option<DateTime<Utc>>,
+    pub next_expiring_amount: i64,
     pub last_sequence: i64,
     pub updated_at: DateTime<Utc>,
 }

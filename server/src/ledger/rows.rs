@@ -62,6 +62,7 @@ impl TryFrom<credit_transaction::Model> for Transaction {
             created_by: row.created_by,
             created_by_subject: row.created_by_subject,
             hold_id: row.hold_id,
+            allocations: Vec::new(),
         })
     }
 }
@@ -99,5 +100,6 @@ pub fn to_row(tx: &Transaction, fingerprint: String) -> credit_transaction::Mode
         created_by: tx.created_by.clone(),
         created_by_subject: tx.created_by_subject.clone(),
         hold_id: tx.hold_id.clone(),
+        feed_position: None,
     }
 }

@@ -19,6 +19,12 @@ pub struct Account {
     pub holds_expire_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Holds the user ever had.
     pub hold_count: i64,
+    /// The part of `balance` in PROMOTIONAL lots.
+    pub promotional: i64,
+    /// Credits a TOP_UP refund took beyond the lots (`lots.rs`).
+    pub deficit: i64,
+    /// The earliest expire_time among lots with unearmarked credit left.
+    pub lots_expire_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Account {
@@ -65,8 +71,10 @@ pub fn plan(
         may_go_negative: false,
     };
     Ok(match op {
-        Operation::TopUp { amount } => simple(TxKind::TopUp, *amount, None, None),
-        Operation::Grant { amount, reason } => simple(TxKind::Grant, *amount, None, reason.clone()),
+        Operation::TopUp { amount, .. } => simple(TxKind::TopUp, *amount, None, None),
+        Operation::Grant { amount, reason, .. } => {
+            simple(TxKind::Grant, *amount, None, reason.clone())
+        }
         Operation::Spend { amount, usage } => {
             simple(TxKind::Usage, -amount, Some(usage.clone()), None)
         }
@@ -74,6 +82,9 @@ pub fn plan(
             return Err(LedgerError::Internal(
                 "hold operations are planned by holds.rs".into(),
             ));
+        }
+        Operation::Settle => {
+            return Err(LedgerError::Internal("a settle changes no balance".into()));
         }
         Operation::Refund {
             transaction_id,
@@ -100,7 +111,7 @@ pub fn plan(
                 TxKind::Usage => (1, false),
                 TxKind::TopUp => (-1, true),
                 TxKind::Grant => (-1, false),
-                TxKind::Refund | TxKind::CardCheck => {
+                TxKind::Refund | TxKind::CardCheck | TxKind::Expiration => {
                     return Err(LedgerError::NotRefundable {
                         transaction_id: transaction_id.clone(),
                         kind: kind.as_str(),
@@ -183,6 +194,7 @@ mod tests {
             created_by: None,
             created_by_subject: None,
             hold_id: None,
+            feed_position: None,
         };
         HashMap::from([("t".to_owned(), RefundTarget { row, refunded })])
     }
@@ -234,7 +246,10 @@ mod tests {
             (
                 "top-up adds",
                 5,
-                Operation::TopUp { amount: 10 },
+                Operation::TopUp {
+                    amount: 10,
+                    lot: Default::default(),
+                },
                 none.clone(),
                 Ok(15),
             ),
@@ -244,6 +259,7 @@ mod tests {
                 Operation::Grant {
                     amount: 3,
                     reason: None,
+                    lot: Default::default(),
                 },
                 none.clone(),
                 Ok(3),
@@ -259,14 +275,20 @@ mod tests {
             (
                 "top-up overflow",
                 i64::MAX,
-                Operation::TopUp { amount: 1 },
+                Operation::TopUp {
+                    amount: 1,
+                    lot: Default::default(),
+                },
                 none.clone(),
                 Err("overflow"),
             ),
             (
                 "credit to a negative balance",
                 -5,
-                Operation::TopUp { amount: 1 },
+                Operation::TopUp {
+                    amount: 1,
+                    lot: Default::default(),
+                },
                 none.clone(),
                 Ok(-4),
             ),

@@ -35,6 +35,8 @@ pub struct Store {
     pub faults: Arc<Faults>,
     pub clock: Clock,
     pub holds: HoldRules,
+    /// Tells the change feed's sequencer and streams about commits.
+    pub feed: super::feed::FeedSignals,
 }
 
 /// How long holds last.
@@ -71,6 +73,7 @@ impl Store {
             faults: Arc::default(),
             clock: Clock::default(),
             holds,
+            feed: Default::default(),
         }
     }
 

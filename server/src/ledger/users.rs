@@ -42,6 +42,10 @@ impl Ledger {
             held: 0,
             holds_expire_at: None,
             hold_count: 0,
+            promotional: 0,
+            deficit: 0,
+            lots_expire_at: None,
+            lots_since_sequence: 0,
         };
         let txn = self.store.begin_write().await?;
         let inserted = async {

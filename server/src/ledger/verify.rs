@@ -121,6 +121,15 @@ pub enum ViolationKind {
     /// `balance - held < 0` (by the holds not yet expired) with no TOP_UP
     /// refund to explain it.
     NegativeAvailable,
+    /// The lots disagree with the balance, with their allocations, with
+    /// their bounds or with the holds' earmarks.
+    LotMismatch,
+    /// A transaction since lots began whose allocations do not add up to
+    /// its amount.
+    AllocationMismatch,
+    /// A lot that expired before its user's last write still has
+    /// unearmarked credit (its EXPIRATION was not written).
+    ExpirationMissing,
 }
 
 impl ViolationKind {
@@ -143,6 +152,9 @@ impl ViolationKind {
             Self::HoldInvalid => "HOLD_INVALID",
             Self::HoldCaptureMismatch => "HOLD_CAPTURE_MISMATCH",
             Self::NegativeAvailable => "NEGATIVE_AVAILABLE",
+            Self::LotMismatch => "LOT_MISMATCH",
+            Self::AllocationMismatch => "ALLOCATION_MISMATCH",
+            Self::ExpirationMissing => "EXPIRATION_MISSING",
         }
     }
 }
@@ -402,6 +414,7 @@ async fn check_user_in(
     if let Some(account) = &account {
         let now = report.now.unwrap_or_else(Utc::now);
         hold_checks::check(txn, account, top_up_refunded, now, report).await?;
+        super::verify_lots::check(txn, account, report).await?;
     }
     Ok(())
 }
@@ -523,13 +536,21 @@ impl<'a> Walk<'a> {
                 ViolationKind::InvalidAmount,
                 format!("a USAGE of {} (spends are stored negative)", row.amount),
             ),
+            Some(TxKind::Expiration) if row.amount >= 0 => report.push(
+                user,
+                seq,
+                ViolationKind::InvalidAmount,
+                format!("an EXPIRATION of {} (stored negative)", row.amount),
+            ),
             _ => {}
         }
 
         let is_refund = kind == Some(TxKind::Refund);
         // A credit never makes a balance more negative; a negative balance
-        // it leaves came from an earlier row, judged there.
-        let unexplained_negative = row.running_balance < 0 && row.amount <= 0;
+        // it leaves came from an earlier row, judged there. An EXPIRATION
+        // below zero is judged against the deficit (`verify_lots.rs`).
+        let unexplained_negative =
+            row.running_balance < 0 && row.amount <= 0 && kind != Some(TxKind::Expiration);
         if is_refund {
             self.refunds.push(RefundRow {
                 sequence: row.sequence,

@@ -5,7 +5,9 @@ use chrono::{DateTime, Datelike, Utc};
 use credit_proto::v1 as pb;
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
-use crate::ledger::model::{Hold, HoldState, Metadata, Transaction, TxKind, Usage, User};
+use crate::ledger::model::{
+    Hold, HoldState, Lot, LotCategory, Metadata, Transaction, TxKind, Usage, User,
+};
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
@@ -33,6 +35,7 @@ pub fn tx_kind(kind: TxKind) -> pb::TransactionType {
         TxKind::Grant => pb::TransactionType::Grant,
         TxKind::Refund => pb::TransactionType::Refund,
         TxKind::CardCheck => pb::TransactionType::CardCheck,
+        TxKind::Expiration => pb::TransactionType::Expiration,
     }
 }
 
@@ -45,6 +48,7 @@ pub fn from_tx_type(value: i32) -> Option<TxKind> {
         pb::TransactionType::Grant => Some(TxKind::Grant),
         pb::TransactionType::Refund => Some(TxKind::Refund),
         pb::TransactionType::CardCheck => Some(TxKind::CardCheck),
+        pb::TransactionType::Expiration => Some(TxKind::Expiration),
     }
 }
 
@@ -131,6 +135,35 @@ impl From<Transaction> for pb::Transaction {
             created_by: t.created_by.unwrap_or_default(),
             created_by_certificate_subject: t.created_by_subject.unwrap_or_default(),
             hold_id: t.hold_id.unwrap_or_default(),
+            allocations: t
+                .allocations
+                .into_iter()
+                .map(|a| pb::Allocation {
+                    lot_id: a.lot_id.unwrap_or_default(),
+                    amount: a.amount,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<Lot> for pb::Lot {
+    fn from(l: Lot) -> Self {
+        Self {
+            lot_id: l.id,
+            user_id: l.user_id,
+            category: match l.category {
+                LotCategory::Paid => pb::CreditCategory::Paid,
+                LotCategory::Promotional => pb::CreditCategory::Promotional,
+            }
+            .into(),
+            priority: l.priority,
+            granted_amount: l.granted_amount,
+            remaining: l.remaining,
+            held: l.held,
+            expire_time: l.expire_time.map(timestamp),
+            source_transaction_id: l.source_transaction_id.unwrap_or_default(),
+            created_at: Some(timestamp(l.created_at)),
         }
     }
 }
@@ -192,4 +225,21 @@ fn to_value(v: serde_json::Value) -> Value {
         J::Object(o) => Kind::StructValue(to_struct(o)),
     };
     Value { kind: Some(kind) }
+}
+
+impl From<crate::ledger::model::Balance> for pb::GetBalanceResponse {
+    fn from(b: crate::ledger::model::Balance) -> Self {
+        Self {
+            available: b.balance.saturating_sub(b.held),
+            user_id: b.user_id,
+            balance: b.balance,
+            updated_at: Some(timestamp(b.updated_at)),
+            last_sequence: b.last_sequence,
+            held: b.held,
+            paid: b.paid,
+            promotional: b.promotional,
+            next_expire_time: b.next_expire_time.map(timestamp),
+            next_expiring_amount: b.next_expiring_amount,
+        }
+    }
 }

@@ -7,6 +7,7 @@ mod convert;
 mod requests;
 pub mod status;
 mod validate;
+mod watch;
 
 use credit_proto::v1::{self as pb, credit_service_server::CreditService};
 use tonic::{Request, Response, Status};
@@ -16,7 +17,6 @@ use crate::gate::CallInfo;
 use crate::ledger::Ledger;
 use crate::ledger::model::WriteOutcome;
 use crate::telemetry::metrics;
-use convert::timestamp;
 
 pub use requests::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use status::ERROR_DOMAIN;
@@ -26,12 +26,25 @@ pub use validate::{MAX_ID_CHARS, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_TEX
 #[derive(Clone)]
 pub struct CreditApi {
     ledger: Ledger,
+    streams: std::sync::Arc<watch::Streams>,
 }
 
 impl CreditApi {
-    pub fn new(ledger: Ledger) -> Self {
-        Self { ledger }
+    pub fn new(ledger: Ledger, streams: crate::app::StreamLimits) -> Self {
+        Self {
+            ledger,
+            streams: std::sync::Arc::new(watch::Streams::new(streams)),
+        }
     }
+}
+
+/// The caller the gate admitted (without the gate: the open caller).
+fn caller<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(Caller::open)
 }
 
 /// Tells the gate which user the call concerns (for its access line and
@@ -49,6 +62,53 @@ fn written(outcome: WriteOutcome) -> (Option<pb::Transaction>, i64) {
 
 #[tonic::async_trait]
 impl CreditService for CreditApi {
+    type WatchTransactionsStream = watch::WatchStream<pb::WatchTransactionsResponse>;
+    type WatchBalanceStream = watch::WatchStream<pb::WatchBalanceResponse>;
+
+    async fn watch_transactions(
+        &self,
+        request: Request<pb::WatchTransactionsRequest>,
+    ) -> Result<Response<Self::WatchTransactionsStream>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let caller = caller(&request);
+        let query = requests::watch_transactions(request.into_inner())?;
+        // The role table lets readers in; every user's feed is more.
+        if query.filter.user_id.is_none() && caller.role < Role::Admin {
+            return Err(status::permission_denied(format!(
+                "WatchTransactions of every user (empty user_id) needs the admin role; this key \
+                 ({}) has {}: name a user_id",
+                caller.name, caller.role
+            )));
+        }
+        let slot = self.streams.open(&caller.name)?;
+        let start = self.ledger.feed_start(query.start_after).await?;
+        Ok(Response::new(watch::transactions(
+            self.ledger.clone(),
+            query.filter,
+            start,
+            slot,
+            self.streams.limits(),
+        )))
+    }
+
+    async fn watch_balance(
+        &self,
+        request: Request<pb::WatchBalanceRequest>,
+    ) -> Result<Response<Self::WatchBalanceStream>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let caller = caller(&request);
+        let user_id = requests::user_id(request.into_inner().user_id)?;
+        let slot = self.streams.open(&caller.name)?;
+        // Fails here (NOT_FOUND) for an unknown user, before the stream.
+        self.ledger.balance(&user_id).await?;
+        Ok(Response::new(watch::balance(
+            self.ledger.clone(),
+            user_id,
+            slot,
+            self.streams.limits(),
+        )))
+    }
+
     async fn create_user(
         &self,
         request: Request<pb::CreateUserRequest>,
@@ -80,14 +140,7 @@ impl CreditService for CreditApi {
         note(&request, &request.get_ref().user_id);
         let user_id = requests::user_id(request.into_inner().user_id)?;
         let b = self.ledger.balance(&user_id).await?;
-        Ok(Response::new(pb::GetBalanceResponse {
-            user_id: b.user_id,
-            balance: b.balance,
-            updated_at: Some(timestamp(b.updated_at)),
-            last_sequence: b.last_sequence,
-            held: b.held,
-            available: b.balance.saturating_sub(b.held),
-        }))
+        Ok(Response::new(b.into()))
     }
 
     async fn top_up(
@@ -97,10 +150,13 @@ impl CreditService for CreditApi {
         note(&request, &request.get_ref().user_id);
         let actor = actor::of(&request);
         let write = requests::top_up(request.into_inner(), actor)?;
-        let (transaction, balance) = written(self.ledger.write(write).await?);
+        let outcome = self.ledger.write(write).await?;
+        let lot = outcome.lot.clone().map(Into::into);
+        let (transaction, balance) = written(outcome);
         Ok(Response::new(pb::TopUpResponse {
             transaction,
             balance,
+            lot,
         }))
     }
 
@@ -125,10 +181,13 @@ impl CreditService for CreditApi {
         note(&request, &request.get_ref().user_id);
         let actor = actor::of(&request);
         let write = requests::grant(request.into_inner(), actor)?;
-        let (transaction, balance) = written(self.ledger.write(write).await?);
+        let outcome = self.ledger.write(write).await?;
+        let lot = outcome.lot.clone().map(Into::into);
+        let (transaction, balance) = written(outcome);
         Ok(Response::new(pb::GrantResponse {
             transaction,
             balance,
+            lot,
         }))
     }
 
@@ -276,6 +335,19 @@ impl CreditService for CreditApi {
         let page = self.ledger.holds(query).await?;
         Ok(Response::new(pb::ListHoldsResponse {
             holds: page.holds.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_lots(
+        &self,
+        request: Request<pb::ListLotsRequest>,
+    ) -> Result<Response<pb::ListLotsResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let query = requests::list_lots(request.into_inner())?;
+        let page = self.ledger.lots(query).await?;
+        Ok(Response::new(pb::ListLotsResponse {
+            lots: page.lots.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }

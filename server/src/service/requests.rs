@@ -7,8 +7,10 @@ use credit_proto::v1 as pb;
 use super::convert::{from_hold_state, from_timestamp, from_tx_type};
 use super::validate::Checker;
 use crate::ledger::LedgerError;
+use crate::ledger::feed::{Cursor, FeedFilter};
 use crate::ledger::model::{
-    Actor, Expiry, HistoryFilter, HistoryQuery, HoldQuery, NewUser, Operation, Usage, WriteRequest,
+    Actor, Expiry, HistoryFilter, HistoryQuery, HoldQuery, LotCategory, LotQuery, LotTerms,
+    NewUser, Operation, Usage, WriteRequest,
 };
 
 /// Page size when the caller gives 0 (AIP-158).
@@ -39,6 +41,7 @@ pub fn top_up(req: pb::TopUpRequest, actor: Actor) -> Result<WriteRequest, Ledge
         user_id: c.id("user_id", req.user_id),
         operation: Operation::TopUp {
             amount: c.amount("amount", req.amount),
+            lot: lot_terms(&mut c, req.expire_time, req.priority, None),
         },
         idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
         metadata: c.metadata("metadata", req.metadata),
@@ -46,6 +49,44 @@ pub fn top_up(req: pb::TopUpRequest, actor: Actor) -> Result<WriteRequest, Ledge
     };
     c.finish()?;
     Ok(write)
+}
+
+/// What a TopUp or Grant says about its lot. Whether `expire_time` is in
+/// the future is the ledger's to say (its clock decides).
+fn lot_terms(
+    c: &mut Checker,
+    expire_time: Option<prost_types::Timestamp>,
+    priority: Option<i32>,
+    category: Option<i32>,
+) -> LotTerms {
+    let expire_time = expire_time.and_then(|t| match from_timestamp(&t) {
+        Ok(t) => Some(t),
+        Err(why) => {
+            c.require(false, "expire_time", why);
+            None
+        }
+    });
+    if let Some(p) = priority {
+        c.require(
+            (0..=100).contains(&p),
+            "priority",
+            "must be 0-100 (lower is spent first)",
+        );
+    }
+    let category = match category.map(pb::CreditCategory::try_from) {
+        None | Some(Ok(pb::CreditCategory::Unspecified)) => None,
+        Some(Ok(pb::CreditCategory::Paid)) => Some(LotCategory::Paid),
+        Some(Ok(pb::CreditCategory::Promotional)) => Some(LotCategory::Promotional),
+        Some(Err(_)) => {
+            c.require(false, "category", "must be PAID or PROMOTIONAL");
+            None
+        }
+    };
+    LotTerms {
+        category,
+        priority,
+        expire_time,
+    }
 }
 
 /// The usage details of a request (every part optional free text).
@@ -85,6 +126,7 @@ pub fn grant(req: pb::GrantRequest, actor: Actor) -> Result<WriteRequest, Ledger
         operation: Operation::Grant {
             amount: c.amount("amount", req.amount),
             reason: c.text("reason", req.reason),
+            lot: lot_terms(&mut c, req.expire_time, req.priority, Some(req.category)),
         },
         idempotency_key: c.optional_id("idempotency_key", req.idempotency_key),
         metadata: c.metadata("metadata", req.metadata),
@@ -283,6 +325,20 @@ pub fn list_holds(req: pb::ListHoldsRequest) -> Result<HoldQuery, LedgerError> {
     })
 }
 
+pub fn list_lots(req: pb::ListLotsRequest) -> Result<LotQuery, LedgerError> {
+    let mut c = Checker::default();
+    let user_id = c.id("user_id", req.user_id);
+    let page_size = page_size(&mut c, req.page_size);
+    let page_token = (!req.page_token.is_empty()).then_some(req.page_token);
+    c.finish()?;
+    Ok(LotQuery {
+        user_id,
+        include_empty: req.include_empty,
+        page_size,
+        page_token,
+    })
+}
+
 /// AIP-158 page sizes: 0 is the default, above the maximum is the maximum.
 fn page_size(c: &mut Checker, size: i32) -> u64 {
     c.require(
@@ -294,4 +350,45 @@ fn page_size(c: &mut Checker, size: i32) -> u64 {
         0 => DEFAULT_PAGE_SIZE,
         n => (n.max(0) as u64).min(MAX_PAGE_SIZE),
     }
+}
+
+/// A validated WatchTransactions request.
+pub struct WatchQuery {
+    pub filter: FeedFilter,
+    pub start_after: Option<Cursor>,
+}
+
+pub fn watch_transactions(req: pb::WatchTransactionsRequest) -> Result<WatchQuery, LedgerError> {
+    let mut c = Checker::default();
+    // Empty is every user (the handler checks the role for that).
+    let user_id = c.optional_id("user_id", req.user_id);
+    let mut kinds = Vec::new();
+    for (i, value) in req.types.iter().enumerate() {
+        match from_tx_type(*value) {
+            Some(kind) if !kinds.contains(&kind) => kinds.push(kind),
+            Some(_) => {}
+            None => c.require(
+                false,
+                &format!("types[{i}]"),
+                "must be a known transaction type other than TRANSACTION_TYPE_UNSPECIFIED",
+            ),
+        }
+    }
+    let start_after = match req.start_after.as_str() {
+        "" => None,
+        token => {
+            let cursor = Cursor::parse(token);
+            c.require(
+                cursor.is_some(),
+                "start_after",
+                "must be a cursor this feed sent (a message's `cursor`), or empty to start now",
+            );
+            cursor
+        }
+    };
+    c.finish()?;
+    Ok(WatchQuery {
+        filter: FeedFilter { user_id, kinds },
+        start_after,
+    })
 }

@@ -54,6 +54,52 @@ pub fn shed() -> Status {
     )
 }
 
+/// A stream limit (`--max-streams`, `--max-streams-per-key`) refused a
+/// new stream.
+pub fn too_many_streams(limit: usize, resource: &str) -> Status {
+    with_info(
+        Code::ResourceExhausted,
+        "TOO_MANY_STREAMS",
+        format!(
+            "{limit} streams are already open {}; close one or retry later",
+            match resource {
+                "streamsPerKey" => "for this API key",
+                _ => "on this server",
+            }
+        ),
+        HashMap::from([
+            ("resource".to_owned(), resource.to_owned()),
+            ("limit".to_owned(), limit.to_string()),
+        ]),
+        ErrorDetails::new(),
+    )
+}
+
+/// A stream's consumer read too slowly: its buffer stayed full.
+pub fn slow_consumer(waited: std::time::Duration) -> Status {
+    with_info(
+        Code::ResourceExhausted,
+        "SLOW_CONSUMER",
+        format!(
+            "the stream's buffer stayed full for {} s: the consumer reads slower than the ledger \
+             changes. Resume with start_after = the last cursor you processed",
+            waited.as_secs()
+        ),
+        HashMap::from([("waitedSeconds".to_owned(), waited.as_secs().to_string())]),
+        ErrorDetails::new(),
+    )
+}
+
+/// The server is shutting down: streams end so consumers go elsewhere.
+pub fn shutting_down() -> Status {
+    with_reason(
+        Code::Unavailable,
+        "SHUTTING_DOWN",
+        "the server is shutting down; reconnect (to another server process) and resume with \
+         start_after = the last cursor you processed",
+    )
+}
+
 /// The call's deadline (the server's request timeout or the caller's
 /// `grpc-timeout`, whichever is shorter) passed before it finished.
 pub fn deadline_exceeded() -> Status {

@@ -57,6 +57,8 @@ pub const VIOLATIONS: &str = "credit_ledger_violations";
 pub const VERIFICATIONS: &str = "credit_ledger_verifications_total";
 /// Always 1, labelled with the server's version.
 pub const BUILD_INFO: &str = "credit_build_info";
+/// Users whose due expiries the sweeper wrote down.
+pub const SWEPT_USERS: &str = "credit_expiry_swept_users_total";
 
 /// Buckets for latencies (seconds): 250 µs to 10 s.
 const SECONDS_BUCKETS: [f64; 14] = [
@@ -117,4 +119,8 @@ fn describe() {
     describe_gauge!(VIOLATIONS, "violations found by the last verification");
     describe_counter!(VERIFICATIONS, "ledger verifications run");
     describe_gauge!(BUILD_INFO, "always 1, labelled with the version");
+    describe_counter!(
+        SWEPT_USERS,
+        "users whose due expiries the sweeper wrote down"
+    );
 }

@@ -14,8 +14,11 @@ for asyncio. Every write carries an idempotency key (a UUID made per call when
 the caller gives none) that every retry of that call reuses, so retrying
 UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED never applies a
 write twice. Holds (``reserve`` an estimate, ``capture`` the real cost or
-``release``) charge for work whose cost is known only afterwards. Failures raise a :class:`CreditError` subclass picked by the
-server's google.rpc.ErrorInfo reason. The generated messages are in
+``release``) charge for work whose cost is known only afterwards. Credits
+come in lots (``top_up`` and ``grant`` take ``expire_time`` and
+``priority``, ``grant`` a ``category``; ``list_lots`` and ``iter_lots`` list
+them in draw order). Failures raise a :class:`CreditError` subclass picked by
+the server's google.rpc.ErrorInfo reason. The generated messages are in
 ``credit_client.v1.credit_pb2`` (also exported here as ``pb``).
 """
 
@@ -51,6 +54,7 @@ from ._errors import (
     error_class_for_reason,
 )
 from ._requests import (
+    CreditCategoryLike,
     HoldStateLike,
     Metadata,
     TimeLike,
@@ -74,6 +78,7 @@ __all__ = [
     "AsyncCreditClient",
     "BalanceOverflow",
     "Conflict",
+    "CreditCategoryLike",
     "CreditClient",
     "CreditError",
     "DatabaseUnavailable",

@@ -14,6 +14,7 @@ from ._errors import CreditError
 from .v1 import credit_pb2 as pb
 
 __all__ = [
+    "CreditCategoryLike",
     "HoldStateLike",
     "Metadata",
     "TimeLike",
@@ -35,6 +36,9 @@ TransactionTypeLike = Union["pb.TransactionType.ValueType", int, str]
 #: A hold state: ``pb.HOLD_STATE_ACTIVE``, or its name ("active", "ACTIVE" or
 #: "HOLD_STATE_ACTIVE").
 HoldStateLike = Union["pb.HoldState.ValueType", int, str]
+#: A lot's category: ``pb.CREDIT_CATEGORY_PAID``, or its name ("paid", "PAID" or
+#: "CREDIT_CATEGORY_PAID").
+CreditCategoryLike = Union["pb.CreditCategory.ValueType", int, str]
 #: How long a hold lasts: seconds, a timedelta or a protobuf Duration.
 TtlLike = Union[float, int, timedelta, duration_pb2.Duration]
 
@@ -95,6 +99,19 @@ def hold_state(value: HoldStateLike) -> pb.HoldState.ValueType:
     return cast("pb.HoldState.ValueType", value)
 
 
+def credit_category(value: CreditCategoryLike | None) -> pb.CreditCategory.ValueType:
+    if value is None:
+        return pb.CREDIT_CATEGORY_UNSPECIFIED
+    if isinstance(value, str):
+        name = value.upper()
+        if not name.startswith("CREDIT_CATEGORY_"):
+            name = "CREDIT_CATEGORY_" + name
+        return pb.CreditCategory.Value(name)
+    if value not in pb.CreditCategory.values():
+        raise ValueError(f"unknown credit category {value}")
+    return cast("pb.CreditCategory.ValueType", value)
+
+
 def duration(value: TtlLike) -> duration_pb2.Duration:
     if isinstance(value, duration_pb2.Duration):
         return value
@@ -110,13 +127,21 @@ def create_user(user_id: str, email: str, name: str) -> pb.CreateUserRequest:
 
 
 def top_up(
-    user_id: str, amount: int, idempotency_key: str | None, metadata: Metadata | None
+    user_id: str,
+    amount: int,
+    idempotency_key: str | None,
+    metadata: Metadata | None,
+    expire_time: TimeLike | None,
+    priority: int | None,
 ) -> pb.TopUpRequest:
+    # An out-of-range priority goes to the server, which says what is wrong with it.
     return pb.TopUpRequest(
         user_id=user_id,
         amount=amount,
         idempotency_key=key_or_new(idempotency_key),
         metadata=struct(metadata),
+        expire_time=timestamp(expire_time),
+        priority=priority,
     )
 
 
@@ -142,6 +167,9 @@ def grant(
     reason: str,
     idempotency_key: str | None,
     metadata: Metadata | None,
+    expire_time: TimeLike | None,
+    priority: int | None,
+    category: CreditCategoryLike | None,
 ) -> pb.GrantRequest:
     return pb.GrantRequest(
         user_id=user_id,
@@ -149,6 +177,9 @@ def grant(
         reason=reason,
         idempotency_key=key_or_new(idempotency_key),
         metadata=struct(metadata),
+        expire_time=timestamp(expire_time),
+        priority=priority,
+        category=credit_category(category),
     )
 
 
@@ -268,6 +299,37 @@ def next_hold_page(
             grpc.StatusCode.INTERNAL, "invalid response: the server returned the page token it was given"
         )
     following = pb.ListHoldsRequest()
+    following.CopyFrom(request)
+    following.page_token = token
+    return following
+
+
+def list_lots(
+    user_id: str, *, include_empty: bool, page_size: int, page_token: str
+) -> pb.ListLotsRequest:
+    return pb.ListLotsRequest(
+        user_id=user_id,
+        include_empty=include_empty,
+        page_size=min(page_size, 1000),
+        page_token=page_token,
+    )
+
+
+def next_lot_page(
+    request: pb.ListLotsRequest, page: pb.ListLotsResponse
+) -> pb.ListLotsRequest | None:
+    """The request for the page of lots after ``page``, or None after the last.
+
+    A page may hold fewer lots than asked for (even none) with a token after
+    it, so only an empty token ends the listing."""
+    token = page.next_page_token
+    if not token:
+        return None
+    if token == request.page_token:
+        raise CreditError(
+            grpc.StatusCode.INTERNAL, "invalid response: the server returned the page token it was given"
+        )
+    following = pb.ListLotsRequest()
     following.CopyFrom(request)
     following.page_token = token
     return following

@@ -12,7 +12,15 @@ import grpc
 from . import _requests as req
 from ._config import DEFAULT_DEADLINE, ChannelOptions, TlsConfig, auth_metadata, resolve
 from ._errors import from_rpc_error, status_code
-from ._requests import HoldStateLike, Metadata, TimeLike, TransactionTypeLike, TtlLike, Usage
+from ._requests import (
+    CreditCategoryLike,
+    HoldStateLike,
+    Metadata,
+    TimeLike,
+    TransactionTypeLike,
+    TtlLike,
+    Usage,
+)
 from ._retry import RetryPolicy, is_retryable
 from .v1 import credit_pb2 as pb
 from .v1 import credit_pb2_grpc as pb_grpc
@@ -108,7 +116,9 @@ class CreditClient:
 
     def get_balance(self, user_id: str) -> pb.GetBalanceResponse:
         """The user's balance (``.balance``), what active holds keep (``.held``) and
-        what may be spent (``.available``), when it last changed and its latest sequence."""
+        what may be spent (``.available``), its ``.paid`` and ``.promotional`` parts, when
+        credits next expire (``.next_expire_time``, ``.next_expiring_amount``), when it last
+        changed and its latest sequence."""
         return self._call(self._stub.GetBalance, pb.GetBalanceRequest(user_id=user_id))
 
     # --- writes ----------------------------------------------------------
@@ -120,9 +130,14 @@ class CreditClient:
         *,
         idempotency_key: str | None = None,
         metadata: Metadata | None = None,
+        expire_time: TimeLike | None = None,
+        priority: int | None = None,
     ) -> pb.TopUpResponse:
-        """Adds ``amount`` purchased credits; returns the transaction and the new balance."""
-        request = req.top_up(user_id, amount, idempotency_key, metadata)
+        """Adds ``amount`` purchased credits in a new PAID lot that expires at
+        ``expire_time`` (default: never) and is drawn at ``priority`` (0-100,
+        lower first; default: the server's, 100). Returns the transaction (with
+        its ``allocations``), the new ``.balance`` and the ``.lot``."""
+        request = req.top_up(user_id, amount, idempotency_key, metadata, expire_time, priority)
         return self._call(self._stub.TopUp, request)
 
     def spend(
@@ -146,9 +161,18 @@ class CreditClient:
         reason: str = "",
         idempotency_key: str | None = None,
         metadata: Metadata | None = None,
+        expire_time: TimeLike | None = None,
+        priority: int | None = None,
+        category: CreditCategoryLike | None = None,
     ) -> pb.GrantResponse:
-        """Gives ``amount`` credits that were not paid for."""
-        request = req.grant(user_id, amount, reason, idempotency_key, metadata)
+        """Gives ``amount`` credits that were not paid for, in a new lot of
+        ``category`` (default PROMOTIONAL; PAID for credits sold elsewhere)
+        that expires at ``expire_time`` (default: never) and is drawn at
+        ``priority`` (0-100, lower first; default: the server's, 50). Returns
+        the transaction, the new ``.balance`` and the ``.lot``."""
+        request = req.grant(
+            user_id, amount, reason, idempotency_key, metadata, expire_time, priority, category
+        )
         return self._call(self._stub.Grant, request)
 
     def refund(
@@ -310,6 +334,44 @@ class CreditClient:
             page = self._call(self._stub.ListHolds, request)
             yield from page.holds
             request = req.next_hold_page(request, page)
+
+    # --- lots ------------------------------------------------------------
+
+    def list_lots(
+        self,
+        user_id: str,
+        *,
+        include_empty: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> pb.ListLotsResponse:
+        """One page of the user's lots in draw order (priority, then soonest
+        expiry with never-expiring last, then oldest), with ``next_page_token``
+        ("" on the last page). Only lots with credits left unless
+        ``include_empty``. A page may hold fewer lots than ``page_size`` and
+        still have a token after it: :meth:`iter_lots` follows the tokens."""
+        request = req.list_lots(
+            user_id, include_empty=include_empty, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._stub.ListLots, request)
+
+    def iter_lots(
+        self,
+        user_id: str,
+        *,
+        include_empty: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Iterator[pb.Lot]:
+        """Every lot of the user (with credits left unless ``include_empty``), in
+        draw order, fetching pages as it is read until the token is empty."""
+        request: pb.ListLotsRequest | None = req.list_lots(
+            user_id, include_empty=include_empty, page_size=page_size, page_token=page_token
+        )
+        while request is not None:
+            page = self._call(self._stub.ListLots, request)
+            yield from page.lots
+            request = req.next_lot_page(request, page)
 
     # --- operations ------------------------------------------------------
 

@@ -6,12 +6,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use clap_complete::Shell;
-use credit_client::{HoldState, TransactionType};
+use credit_client::{HoldState, LotCategory, TransactionType};
 use serde_json::Value as Json;
 
 use crate::exit::EXIT_CODES_HELP;
 use crate::parse::{
-    parse_duration, parse_meta, parse_rfc3339, parse_server, parse_time, parse_ttl,
+    parse_duration, parse_expiry, parse_meta, parse_rfc3339, parse_server, parse_time, parse_ttl,
 };
 
 /// Talk to the credit ledger service: users, balances, writes and history.
@@ -100,8 +100,14 @@ pub enum Command {
         /// The user.
         user: String,
     },
-    /// Add purchased credits (--reason is stored as metadata "reason").
-    TopUp(WriteArgs),
+    /// Add purchased credits, as a paid lot (--reason is stored as metadata
+    /// "reason").
+    TopUp {
+        #[command(flatten)]
+        write: WriteArgs,
+        #[command(flatten)]
+        lot: LotArgs,
+    },
     /// Take credits for usage.
     Spend {
         #[command(flatten)]
@@ -109,8 +115,18 @@ pub enum Command {
         #[command(flatten)]
         usage: UsageArgs,
     },
-    /// Give credits without payment.
-    Grant(WriteArgs),
+    /// Give credits without payment, as a promotional lot (or a paid one
+    /// with --category paid).
+    Grant {
+        #[command(flatten)]
+        write: WriteArgs,
+        #[command(flatten)]
+        lot: LotArgs,
+        /// The lot's category: promotional (default) or paid, for credits
+        /// sold through another channel.
+        #[arg(long, value_name = "CATEGORY")]
+        category: Option<LotCategory>,
+    },
     /// Reverse all or part of an earlier top-up, spend or grant.
     Refund {
         /// The user the transaction belongs to.
@@ -122,7 +138,7 @@ pub enum Command {
         #[command(flatten)]
         options: WriteOptions,
     },
-    /// Show one transaction.
+    /// Show one transaction, with the lots it drew from or added to.
     #[command(alias = "tx")]
     Transaction {
         /// The user the transaction belongs to.
@@ -136,6 +152,9 @@ pub enum Command {
     /// capture the real cost or release.
     #[command(subcommand)]
     Hold(HoldCommand),
+    /// List a user's lots (credits by category, priority and expiry) in the
+    /// order spends draw from them.
+    Lots(LotsArgs),
     /// Check the ledger's invariants for one user or all (admin key);
     /// exits 10 when any is violated.
     Verify {
@@ -251,6 +270,40 @@ pub struct HoldListArgs {
     pub page_token: Option<String>,
 }
 
+/// `credit lots ...`
+#[derive(Debug, Args)]
+pub struct LotsArgs {
+    /// The user.
+    pub user: String,
+    /// Also list lots with nothing left (spent, refunded or expired).
+    #[arg(long)]
+    pub include_empty: bool,
+    /// Show at most this many lots; 0 shows all. When more exist, the
+    /// output gives the token to continue with.
+    #[arg(long, visible_alias = "page-size", default_value_t = 50)]
+    pub limit: usize,
+    /// Show every lot (the same as --limit 0).
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
+    /// Continue after a previous page: the token it printed (use the same
+    /// --include-empty).
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
+}
+
+/// The terms of the lot a top-up or grant makes.
+#[derive(Debug, Args)]
+pub struct LotArgs {
+    /// When the credits expire: an RFC 3339 time in the future, or a time
+    /// from now like 30m, 24h, 7d (default: never).
+    #[arg(long, value_name = "TIME", value_parser = parse_expiry)]
+    pub expires: Option<DateTime<Utc>>,
+    /// Draw priority 0-100, lower is spent first (default: 100 for a
+    /// top-up, 50 for a grant).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+}
+
 /// A top-up, spend or grant: who, how much, and the common options.
 #[derive(Debug, Args)]
 pub struct WriteArgs {
@@ -303,7 +356,8 @@ pub struct UsageArgs {
 pub struct HistoryArgs {
     /// The user.
     pub user: String,
-    /// Only this type: top-up, usage, grant, refund, card-check (repeatable).
+    /// Only this type: top-up, usage, grant, refund, card-check, expiration
+    /// (repeatable).
     #[arg(long = "type", value_name = "TYPE")]
     pub kinds: Vec<TransactionType>,
     /// Only transactions at or after this time: RFC 3339, a date

@@ -16,12 +16,13 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use credit_client::{
-    CreditClient, DEFAULT_CONNECT_TIMEOUT, Error, HoldPage, Page, TlsConfig, Usage, Write, WriteOp,
-    parse_endpoint,
+    CreditClient, DEFAULT_CONNECT_TIMEOUT, Error, HoldPage, LotPage, Page, TlsConfig, Usage, Write,
+    WriteOp, parse_endpoint,
 };
 
 use args::{
-    Cli, Command, HistoryArgs, HoldCommand, HoldListArgs, UsageArgs, UserCommand, WriteOptions,
+    Cli, Command, HistoryArgs, HoldCommand, HoldListArgs, LotsArgs, UsageArgs, UserCommand,
+    WriteOptions,
 };
 
 fn main() -> ExitCode {
@@ -116,12 +117,18 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             show(json, &client.get_user(user).await?, output::user)
         }
         Command::Balance { user } => show(json, &client.get_balance(user).await?, output::balance),
-        Command::TopUp(args) => {
+        Command::TopUp { write: args, lot } => {
             let mut write = client.top_up(args.user, args.amount);
             // A top-up has no reason field; metadata keeps it with the
             // transaction all the same.
             if let Some(reason) = &args.options.reason {
                 write = write.meta("reason", reason.clone());
+            }
+            if let Some(at) = lot.expires {
+                write = write.expire_time(at);
+            }
+            if let Some(priority) = lot.priority {
+                write = write.priority(priority);
             }
             show(
                 json,
@@ -138,10 +145,23 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 output::receipt,
             )
         }
-        Command::Grant(args) => {
+        Command::Grant {
+            write: args,
+            lot,
+            category,
+        } => {
             let mut write = client.grant(args.user, args.amount);
             if let Some(reason) = &args.options.reason {
                 write = write.reason(reason.clone());
+            }
+            if let Some(at) = lot.expires {
+                write = write.expire_time(at);
+            }
+            if let Some(priority) = lot.priority {
+                write = write.priority(priority);
+            }
+            if let Some(category) = category {
+                write = write.category(category);
             }
             show(
                 json,
@@ -170,6 +190,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         }
         Command::History(args) => history(&client, args, json).await,
         Command::Hold(command) => hold(&client, command, json).await,
+        Command::Lots(args) => list_lots(&client, args, json).await,
         Command::Verify { user } => {
             let report = match user {
                 Some(user) => client.verify_user(user).await?,
@@ -401,6 +422,31 @@ async fn list_holds(client: &CreditClient, args: HoldListArgs, json: bool) -> Re
         next_page_token,
     };
     show(json, &page, output::holds)
+}
+
+/// Up to `--limit` lots (all with `--all`) from `--page-token` on, in draw
+/// order, and the token to continue after them when more exist.
+async fn list_lots(client: &CreditClient, args: LotsArgs, json: bool) -> Result<(), Error> {
+    let query = client
+        .list_lots(args.user)
+        .include_empty(args.include_empty);
+    let limit = if args.all { 0 } else { args.limit };
+    let (lots, next_page_token) = collect_pages(limit, args.page_token, |token, size| {
+        let mut page = query.clone().page_size(size);
+        if let Some(token) = token {
+            page = page.page_token(token);
+        }
+        async move {
+            let page = page.page().await?;
+            Ok((page.lots, page.next_page_token))
+        }
+    })
+    .await?;
+    let page = LotPage {
+        lots,
+        next_page_token,
+    };
+    show(json, &page, output::lots)
 }
 
 /// Up to `limit` items of a list query (0: all), from `token` on, and the

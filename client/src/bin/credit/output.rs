@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use credit_client::{
-    Balance, Hold, HoldPage, HoldReceipt, LedgerReport, Page, Receipt, Transaction, User,
+    Allocation, Balance, Hold, HoldPage, HoldReceipt, LedgerReport, Lot, LotPage, Page, Receipt,
+    Transaction, User,
 };
 use serde::Serialize;
 
@@ -22,22 +23,37 @@ pub fn user(u: &User) {
     ]);
 }
 
-/// A balance as `field  value` lines.
+/// A balance as `field  value` lines; the next expiry only when credits
+/// will expire.
 pub fn balance(b: &Balance) {
-    fields(&[
+    let mut rows = vec![
         ("user", b.user_id.clone()),
         ("balance", b.balance.to_string()),
+        ("paid", b.paid.to_string()),
+        ("promotional", b.promotional.to_string()),
         ("held", b.held.to_string()),
         ("available", b.available.to_string()),
-        ("updated", time(b.updated_at)),
-        ("last sequence", b.last_sequence.to_string()),
-    ]);
+    ];
+    if let Some(at) = b.next_expire_time {
+        rows.push(("next expiry", time(at)));
+        rows.push(("expiring", b.next_expiring_amount.to_string()));
+    }
+    rows.push(("updated", time(b.updated_at)));
+    rows.push(("last sequence", b.last_sequence.to_string()));
+    fields(&rows);
 }
 
-/// A write's transaction and the balance after it.
+/// A write's transaction, the balance after it, and the lot a top-up or
+/// grant made.
 pub fn receipt(r: &Receipt) {
     let mut rows = transaction_rows(&r.transaction);
     rows.push(("balance", r.balance.to_string()));
+    if let Some(lot) = &r.lot {
+        rows.push(("lot", lot.lot_id.clone()));
+        rows.push(("category", lot.category.to_string()));
+        rows.push(("priority", lot.priority.to_string()));
+        rows.push(("lot expires", expiry(lot)));
+    }
     fields(&rows);
 }
 
@@ -75,7 +91,61 @@ fn transaction_rows(t: &Transaction) -> Vec<(&'static str, String)> {
         ),
     ];
     rows.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+    // One line per allocation, the field's name on the first.
+    for (i, a) in t.allocations.iter().enumerate() {
+        let name = if i == 0 { "allocations" } else { "" };
+        rows.push((name, allocation_text(a)));
+    }
     rows
+}
+
+/// `-50 lot <id>`, or `-20 deficit` for the user's deficit.
+fn allocation_text(a: &Allocation) -> String {
+    match &a.lot_id {
+        Some(id) => format!("{} lot {id}", signed(a.amount)),
+        None => format!("{} deficit", signed(a.amount)),
+    }
+}
+
+/// A page of lots as a table in draw order, then the token to continue
+/// with.
+pub fn lots(page: &LotPage) {
+    let mut table = Table::new([
+        "PRIORITY",
+        "CATEGORY",
+        "REMAINING",
+        "HELD",
+        "GRANTED",
+        "EXPIRES",
+        "CREATED",
+        "LOT",
+        "SOURCE",
+    ]);
+    for l in &page.lots {
+        table.row([
+            l.priority.to_string(),
+            l.category.to_string(),
+            l.remaining.to_string(),
+            l.held.to_string(),
+            l.granted_amount.to_string(),
+            expiry(l),
+            time(l.created_at),
+            l.lot_id.clone(),
+            l.source_transaction_id.clone().unwrap_or_default(),
+        ]);
+    }
+    table.print(&[0, 2, 3, 4]);
+    if page.lots.is_empty() {
+        println!("(no lots)");
+    }
+    if let Some(token) = &page.next_page_token {
+        println!("(more lots: continue with --page-token {token})");
+    }
+}
+
+/// When a lot expires: its time, or `never`.
+fn expiry(l: &Lot) -> String {
+    l.expire_time.map_or_else(|| "never".to_owned(), time)
 }
 
 /// One hold as `field  value` lines.

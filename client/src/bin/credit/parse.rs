@@ -59,6 +59,21 @@ pub fn parse_rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|err| format!("{text:?} is not an RFC 3339 time: {err}"))
 }
 
+/// When credits expire: an RFC 3339 time, or a duration from now as
+/// [`parse_ttl`] reads it (`30m`, `24h`, `7d`).
+pub fn parse_expiry(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let ttl = parse_ttl(text).map_err(|_| {
+        format!("{text:?} is not an RFC 3339 time or a duration like 30m, 24h or 7d")
+    })?;
+    chrono::Duration::from_std(ttl)
+        .ok()
+        .and_then(|ttl| Utc::now().checked_add_signed(ttl))
+        .ok_or_else(|| format!("{text:?} is too far ahead"))
+}
+
 /// An RFC 3339 time, a date (midnight UTC), or an age (`30m`, `2h`, `7d`,
 /// `2w`) counted back from now.
 pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -123,6 +138,19 @@ mod tests {
         assert!(parse_ttl("2x").is_err());
         assert!(parse_rfc3339("2030-01-02T03:04:05Z").is_ok());
         assert!(parse_rfc3339("2h").is_err());
+    }
+
+    #[test]
+    fn expiries() -> Result<(), String> {
+        let t = parse_expiry("2030-01-02T03:04:05+01:00")?;
+        assert_eq!(t.to_rfc3339(), "2030-01-02T02:04:05+00:00");
+        let ahead = parse_expiry("24h")? - Utc::now();
+        assert!((ahead.num_minutes() - 24 * 60).abs() <= 1, "{ahead}");
+        let ahead = parse_expiry("7d")? - Utc::now();
+        assert!((ahead.num_hours() - 7 * 24).abs() <= 1, "{ahead}");
+        assert!(parse_expiry("tomorrow").is_err());
+        assert!(parse_expiry("2x").is_err());
+        Ok(())
     }
 
     #[test]

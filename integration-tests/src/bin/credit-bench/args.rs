@@ -16,6 +16,8 @@ pub struct Args {
     /// Reserve + Capture pair as one operation (its ops/s are pairs/s, its
     /// latency is per pair), runs on the service only, and next to
     /// `spend-hot` in the same invocation prints the pair/spend cost ratio.
+    /// `spend-lots` (service only) spends on one user with five lots; next
+    /// to `spend-hot` it prints the lots/plain cost ratio.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "spend-hot")]
     pub scenario: Vec<Scenario>,
 
@@ -63,15 +65,16 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub db_max_connections: u32,
 
-    /// Users per target for spend-spread, read and mixed (spend-hot and
-    /// reserve-capture use one user).
+    /// Users per target for spend-spread, read and mixed (spend-hot,
+    /// reserve-capture and spend-lots use one user).
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
 
     /// What to measure, comma-separated: the service, the minimal correct
     /// SQL transaction per operation (`raw`), and the single-statement CTE
     /// of the system we started from (`peer`, PostgreSQL only). Holds have
-    /// no SQL equivalent: reserve-capture runs on `service` only.
+    /// no SQL equivalent: reserve-capture runs on `service` only, and so
+    /// does spend-lots (the baselines keep no lots).
     #[arg(
         long,
         value_enum,
@@ -122,13 +125,17 @@ pub enum Scenario {
     /// 1..=120 of that hold (above 100 the excess comes from the available
     /// balance). One pair is one operation. Service only.
     ReserveCapture,
+    /// Every client spends on one user who holds five lots of different
+    /// priorities and expiries (`spend-hot` on a user with several kinds
+    /// of credit). Service only: the SQL baselines keep no lots.
+    SpendLots,
 }
 
 impl Scenario {
     /// Whether the scenario places holds, which the SQL baselines do not
     /// model: it runs on the service only.
     pub fn service_only(self) -> bool {
-        self == Scenario::ReserveCapture
+        matches!(self, Scenario::ReserveCapture | Scenario::SpendLots)
     }
 
     /// What one counted operation is, for the report's units.
@@ -146,6 +153,7 @@ impl Scenario {
             Scenario::Read => "read",
             Scenario::Mixed => "mixed",
             Scenario::ReserveCapture => "reserve-capture",
+            Scenario::SpendLots => "spend-lots",
         }
     }
 }

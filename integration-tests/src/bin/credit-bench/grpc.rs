@@ -59,6 +59,7 @@ pub async fn call(client: &mut Client, op: Op, user: &str) -> Result<(), String>
                 amount: TOP_UP_AMOUNT,
                 idempotency_key: fresh_key(),
                 metadata: None,
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -184,9 +185,56 @@ async fn seed_one(client: &mut Client, user: &str) -> anyhow::Result<()> {
             amount: SEED_BALANCE,
             idempotency_key: "bench-seed".to_owned(),
             metadata: None,
+            ..Default::default()
         })
         .await
         .with_context(|| format!("TopUp {user}"))?;
+    Ok(())
+}
+
+/// Gives each of `users` (seeded already) the lots of `EXTRA_LOTS`, with
+/// idempotency keys, so a seed repeated on the same database adds none.
+pub async fn seed_lots(client: &Client, users: &[String]) -> anyhow::Result<()> {
+    let mut client = client.clone();
+    let now = chrono::Utc::now();
+    for user in users {
+        for (i, (kind, priority, days)) in workload::EXTRA_LOTS.into_iter().enumerate() {
+            let expire_time = days.map(|d| {
+                let at = now + chrono::TimeDelta::days(d);
+                prost_types::Timestamp {
+                    seconds: at.timestamp(),
+                    nanos: 0,
+                }
+            });
+            let key = format!("bench-lot-{i}");
+            match kind {
+                workload::LotKind::Grant => client
+                    .grant(pb::GrantRequest {
+                        user_id: user.clone(),
+                        amount: SEED_BALANCE,
+                        idempotency_key: key,
+                        reason: "bench lot".to_owned(),
+                        expire_time,
+                        priority: Some(priority),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+                workload::LotKind::TopUp => client
+                    .top_up(pb::TopUpRequest {
+                        user_id: user.clone(),
+                        amount: SEED_BALANCE,
+                        idempotency_key: key,
+                        expire_time,
+                        priority: Some(priority),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            }
+            .with_context(|| format!("lot {i} of {user}"))?;
+        }
+    }
     Ok(())
 }
 

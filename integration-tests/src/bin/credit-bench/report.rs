@@ -172,28 +172,67 @@ pub struct PairRatio {
     pub p99: f64,
 }
 
+/// What a spend on a user with five lots costs against a spend on a user
+/// with one: a spend-lots run next to the spend-hot run of the same target
+/// and client count in the same invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct LotRatio {
+    pub clients: usize,
+    pub target: TargetKind,
+    pub spend_ops_per_sec: f64,
+    pub lots_ops_per_sec: f64,
+    /// Time of a spend over lots over that of a plain one: spend-hot ops/s
+    /// over spend-lots ops/s (1.3 = 30% more).
+    pub lots_over_plain: f64,
+    /// spend-lots p99 over spend-hot p99.
+    pub p99: f64,
+}
+
+/// Each run of `scenario` with the spend-hot run of the same target and
+/// client count: (run, spend-hot run).
+fn with_spend_hot(
+    results: &[RunResult],
+    scenario: Scenario,
+) -> impl Iterator<Item = (&RunResult, &RunResult)> {
+    results
+        .iter()
+        .filter(move |r| r.scenario == scenario && r.ops_per_sec > 0.0)
+        .filter_map(|run| {
+            let spend = results.iter().find(|r| {
+                r.scenario == Scenario::SpendHot
+                    && r.target == run.target
+                    && r.clients == run.clients
+            })?;
+            Some((run, spend))
+        })
+}
+
 /// Every pair/spend ratio the results allow.
 pub fn pair_ratios(results: &[RunResult]) -> Vec<PairRatio> {
-    let mut out = Vec::new();
-    for pair in results
-        .iter()
-        .filter(|r| r.scenario == Scenario::ReserveCapture)
-    {
-        let spend = results.iter().find(|r| {
-            r.scenario == Scenario::SpendHot && r.target == pair.target && r.clients == pair.clients
-        });
-        if let Some(spend) = spend.filter(|_| pair.ops_per_sec > 0.0) {
-            out.push(PairRatio {
-                clients: pair.clients,
-                target: pair.target,
-                spend_ops_per_sec: spend.ops_per_sec,
-                pairs_per_sec: pair.ops_per_sec,
-                pair_over_spend: spend.ops_per_sec / pair.ops_per_sec,
-                p99: pair.latency_ms.p99 / spend.latency_ms.p99.max(1e-3),
-            });
-        }
-    }
-    out
+    with_spend_hot(results, Scenario::ReserveCapture)
+        .map(|(pair, spend)| PairRatio {
+            clients: pair.clients,
+            target: pair.target,
+            spend_ops_per_sec: spend.ops_per_sec,
+            pairs_per_sec: pair.ops_per_sec,
+            pair_over_spend: spend.ops_per_sec / pair.ops_per_sec,
+            p99: pair.latency_ms.p99 / spend.latency_ms.p99.max(1e-3),
+        })
+        .collect()
+}
+
+/// Every lots/plain ratio the results allow.
+pub fn lot_ratios(results: &[RunResult]) -> Vec<LotRatio> {
+    with_spend_hot(results, Scenario::SpendLots)
+        .map(|(lots, spend)| LotRatio {
+            clients: lots.clients,
+            target: lots.target,
+            spend_ops_per_sec: spend.ops_per_sec,
+            lots_ops_per_sec: lots.ops_per_sec,
+            lots_over_plain: spend.ops_per_sec / lots.ops_per_sec,
+            p99: lots.latency_ms.p99 / spend.latency_ms.p99.max(1e-3),
+        })
+        .collect()
 }
 
 /// The human-readable table and ratio lines.
@@ -307,6 +346,32 @@ pub fn render(results: &[RunResult], notes: &[String]) -> String {
             }
         }
     }
+    let lot_ratios = lot_ratios(results);
+    for lots in results.iter().filter(|r| r.scenario == Scenario::SpendLots) {
+        match lot_ratios
+            .iter()
+            .find(|l| l.clients == lots.clients && l.target == lots.target)
+        {
+            Some(l) => {
+                let _ = writeln!(
+                    out,
+                    "spend-lots @ {} clients: lots/plain = {:.2}x time \
+                     (spend-hot {:.0} ops/s / spend-lots {:.0} ops/s), {:.2}x p99",
+                    l.clients, l.lots_over_plain, l.spend_ops_per_sec, l.lots_ops_per_sec, l.p99,
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "spend-lots @ {} clients: no lots/plain ratio (needs a spend-hot {} run at {} \
+                     clients in the same invocation: --scenario spend-hot,spend-lots)",
+                    lots.clients,
+                    lots.target.name(),
+                    lots.clients,
+                );
+            }
+        }
+    }
     for r in results
         .iter()
         .filter(|r| !r.invariant_violations.is_empty())
@@ -349,6 +414,9 @@ pub struct Document<'a> {
     /// Reserve+capture pair time over spend time (reserve-capture next to
     /// spend-hot).
     pub pair_ratios: Vec<PairRatio>,
+    /// Time of a spend over five lots over a plain one (spend-lots next to
+    /// spend-hot).
+    pub lot_ratios: Vec<LotRatio>,
     pub server_peak_rss_mb: Option<f64>,
     pub notes: &'a [String],
     pub passed: bool,
@@ -400,5 +468,21 @@ mod tests {
         let text = render(&results, &[]);
         assert!(text.contains("reserve-capture @ 1 clients: pair/spend = 2.00x"));
         assert!(text.contains("reserve-capture @ 8 clients: no pair/spend ratio"));
+    }
+
+    #[test]
+    fn lots_over_plain_matches_runs_by_client_count() {
+        let results = [
+            run(Scenario::SpendHot, 1, 1000.0, 1.0),
+            run(Scenario::SpendLots, 1, 800.0, 1.5),
+            run(Scenario::SpendLots, 8, 800.0, 1.5),
+        ];
+        let ratios = lot_ratios(&results);
+        assert_eq!(ratios.len(), 1);
+        assert!((ratios[0].lots_over_plain - 1.25).abs() < 1e-9);
+        assert!((ratios[0].p99 - 1.5).abs() < 1e-9);
+        let text = render(&results, &[]);
+        assert!(text.contains("spend-lots @ 1 clients: lots/plain = 1.25x"));
+        assert!(text.contains("spend-lots @ 8 clients: no lots/plain ratio"));
     }
 }

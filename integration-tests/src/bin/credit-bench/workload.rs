@@ -20,6 +20,24 @@ pub const RESERVE_AMOUNT: i64 = 100;
 /// 1: a Capture of 0 would be a release and write no transaction.
 pub const CAPTURE_MAX: i64 = RESERVE_AMOUNT * 6 / 5;
 
+/// The lots a spend-lots user holds besides its seed top-up (priority
+/// 100, never expires): (grant or top-up, priority, days to expiry). Each
+/// holds `SEED_BALANCE`, so spends of 1 never empty one; every spend reads
+/// and orders all five and draws from the first.
+pub const EXTRA_LOTS: [(LotKind, i32, Option<i64>); 4] = [
+    (LotKind::Grant, 10, Some(30)),
+    (LotKind::Grant, 50, Some(7)),
+    (LotKind::Grant, 50, None),
+    (LotKind::TopUp, 80, Some(365)),
+];
+
+/// How a spend-lots lot comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LotKind {
+    Grant,
+    TopUp,
+}
+
 /// One call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -69,7 +87,7 @@ impl Workload {
     pub fn next<'a>(&'a self, rng: &mut impl Rng) -> (Op, &'a str) {
         let user = &self.users[rng.random_range(0..self.users.len())];
         let op = match self.scenario {
-            Scenario::SpendHot | Scenario::SpendSpread => Op::Spend,
+            Scenario::SpendHot | Scenario::SpendSpread | Scenario::SpendLots => Op::Spend,
             Scenario::Read => Op::Read,
             Scenario::ReserveCapture => Op::ReserveCapture,
             // Metered calls dominate; reads and history pages are what
@@ -93,7 +111,7 @@ pub fn capture_amount(rng: &mut impl Rng) -> i64 {
 /// How many users a scenario needs per target.
 pub fn user_count(scenario: Scenario, users: usize) -> usize {
     match scenario {
-        Scenario::SpendHot | Scenario::ReserveCapture => 1,
+        Scenario::SpendHot | Scenario::ReserveCapture | Scenario::SpendLots => 1,
         _ => users,
     }
 }

@@ -40,6 +40,12 @@ class _TransactionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     """An earlier transaction was reversed, in whole or in part."""
     TRANSACTION_TYPE_CARD_CHECK: _TransactionType.ValueType  # 5
     """A payment-card check; reserved for payment integrations."""
+    TRANSACTION_TYPE_EXPIRATION: _TransactionType.ValueType  # 6
+    """The unspent remainder of a lot, gone at its expire_time (stored with a
+    negative amount). created_at is when the credit stopped being
+    spendable: the lot's expire_time, or, for credit a hold kept past it,
+    when the hold ended.
+    """
 
 class TransactionType(_TransactionType, metaclass=_TransactionTypeEnumTypeWrapper):
     """The kind of a balance change."""
@@ -56,7 +62,37 @@ TRANSACTION_TYPE_REFUND: TransactionType.ValueType  # 4
 """An earlier transaction was reversed, in whole or in part."""
 TRANSACTION_TYPE_CARD_CHECK: TransactionType.ValueType  # 5
 """A payment-card check; reserved for payment integrations."""
+TRANSACTION_TYPE_EXPIRATION: TransactionType.ValueType  # 6
+"""The unspent remainder of a lot, gone at its expire_time (stored with a
+negative amount). created_at is when the credit stopped being
+spendable: the lot's expire_time, or, for credit a hold kept past it,
+when the hold ended.
+"""
 Global___TransactionType: _TypeAlias = TransactionType  # noqa: Y015
+
+class _CreditCategory:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CreditCategoryEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CreditCategory.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CREDIT_CATEGORY_UNSPECIFIED: _CreditCategory.ValueType  # 0
+    """Not set: the operation's default (TopUp: PAID, Grant: PROMOTIONAL)."""
+    CREDIT_CATEGORY_PAID: _CreditCategory.ValueType  # 1
+    """Credits someone paid for."""
+    CREDIT_CATEGORY_PROMOTIONAL: _CreditCategory.ValueType  # 2
+    """Credits given away."""
+
+class CreditCategory(_CreditCategory, metaclass=_CreditCategoryEnumTypeWrapper):
+    """Which kind of credit a lot holds."""
+
+CREDIT_CATEGORY_UNSPECIFIED: CreditCategory.ValueType  # 0
+"""Not set: the operation's default (TopUp: PAID, Grant: PROMOTIONAL)."""
+CREDIT_CATEGORY_PAID: CreditCategory.ValueType  # 1
+"""Credits someone paid for."""
+CREDIT_CATEGORY_PROMOTIONAL: CreditCategory.ValueType  # 2
+"""Credits given away."""
+Global___CreditCategory: _TypeAlias = CreditCategory  # noqa: Y015
 
 class _HoldState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -93,6 +129,106 @@ HOLD_STATE_EXPIRED: HoldState.ValueType  # 4
 are available again from that instant.
 """
 Global___HoldState: _TypeAlias = HoldState  # noqa: Y015
+
+@_typing.final
+class Lot(_message.Message):
+    """Credits that came in together (one TopUp or Grant, or a balance from
+    before lots existed): what is left of them, and when they expire. Spends
+    draw from a user's lots by priority (lower first), then soonest expiry
+    (never-expiring last), then oldest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    GRANTED_AMOUNT_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SOURCE_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    """The server-assigned identifier of the lot."""
+    user_id: _builtins.str
+    """The user the credits belong to."""
+    category: Global___CreditCategory.ValueType
+    """Paid or promotional."""
+    priority: _builtins.int
+    """0-100; lower is drawn first."""
+    granted_amount: _builtins.int
+    """The credits the lot was made with."""
+    remaining: _builtins.int
+    """Credits left, earmarked ones included; an expired lot keeps only what
+    active holds earmarked.
+    """
+    held: _builtins.int
+    """The part of remaining earmarked by active holds."""
+    source_transaction_id: _builtins.str
+    """The TopUp or Grant transaction that made the lot; empty for a balance
+    from before lots existed.
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the lot's unspent credits expire; unset: never."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the lot was made."""
+
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        category: Global___CreditCategory.ValueType = ...,
+        priority: _builtins.int = ...,
+        granted_amount: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        held: _builtins.int = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        source_transaction_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "created_at", b"created_at", "expire_time", b"expire_time", "granted_amount", b"granted_amount", "held", b"held", "lot_id", b"lot_id", "priority", b"priority", "remaining", b"remaining", "source_transaction_id", b"source_transaction_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Lot: _TypeAlias = Lot  # noqa: Y015
+
+@_typing.final
+class Allocation(_message.Message):
+    """How much one transaction changed one lot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    """The lot; empty for the user's deficit (credits a top-up refund took
+    beyond what the lots held).
+    """
+    amount: _builtins.int
+    """The signed change to the lot's remaining credits; a transaction's
+    allocations add up to its amount.
+    """
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "lot_id", b"lot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Allocation: _TypeAlias = Allocation  # noqa: Y015
 
 @_typing.final
 class User(_message.Message):
@@ -198,6 +334,7 @@ class Transaction(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     CREATED_BY_CERTIFICATE_SUBJECT_FIELD_NUMBER: _builtins.int
     HOLD_ID_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """The server-assigned identifier of the transaction."""
     user_id: _builtins.str
@@ -250,6 +387,13 @@ class Transaction(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the transaction was applied."""
 
+    @_builtins.property
+    def allocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Allocation]:
+        """The lots this transaction drew from or added to, in draw order (empty
+        for transactions from before lots existed; filled by GetTransaction
+        and in write answers, not in ListTransactions pages).
+        """
+
     def __init__(
         self,
         *,
@@ -269,10 +413,11 @@ class Transaction(_message.Message):
         created_by: _builtins.str = ...,
         created_by_certificate_subject: _builtins.str = ...,
         hold_id: _builtins.str = ...,
+        allocations: _abc.Iterable[Global___Allocation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "metadata", b"metadata", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "created_by", b"created_by", "created_by_certificate_subject", b"created_by_certificate_subject", "hold_id", b"hold_id", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "reason", b"reason", "refunded_amount", b"refunded_amount", "refunded_transaction_id", b"refunded_transaction_id", "running_balance", b"running_balance", "sequence", b"sequence", "transaction_id", b"transaction_id", "type", b"type", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "amount", b"amount", "created_at", b"created_at", "created_by", b"created_by", "created_by_certificate_subject", b"created_by_certificate_subject", "hold_id", b"hold_id", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "reason", b"reason", "refunded_amount", b"refunded_amount", "refunded_transaction_id", b"refunded_transaction_id", "running_balance", b"running_balance", "sequence", b"sequence", "transaction_id", b"transaction_id", "type", b"type", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -498,6 +643,10 @@ class GetBalanceResponse(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     HELD_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
+    PAID_FIELD_NUMBER: _builtins.int
+    PROMOTIONAL_FIELD_NUMBER: _builtins.int
+    NEXT_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_EXPIRING_AMOUNT_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user the balance belongs to."""
     balance: _builtins.int
@@ -508,9 +657,21 @@ class GetBalanceResponse(_message.Message):
     """Credits earmarked by active holds that have not expired."""
     available: _builtins.int
     """What spends and reserves may use: balance - held."""
+    paid: _builtins.int
+    """The part of balance in PAID lots (a deficit left by a top-up refund
+    counts here, so paid + promotional == balance).
+    """
+    promotional: _builtins.int
+    """The part of balance in PROMOTIONAL lots."""
+    next_expiring_amount: _builtins.int
+    """How many credits expire then."""
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the balance last changed (the user's creation time if never)."""
+
+    @_builtins.property
+    def next_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """The next time unearmarked credits expire; unset when none will."""
 
     def __init__(
         self,
@@ -521,10 +682,14 @@ class GetBalanceResponse(_message.Message):
         last_sequence: _builtins.int = ...,
         held: _builtins.int = ...,
         available: _builtins.int = ...,
+        paid: _builtins.int = ...,
+        promotional: _builtins.int = ...,
+        next_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        next_expiring_amount: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_expire_time", b"next_expire_time", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "held", b"held", "last_sequence", b"last_sequence", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "held", b"held", "last_sequence", b"last_sequence", "next_expire_time", b"next_expire_time", "next_expiring_amount", b"next_expiring_amount", "paid", b"paid", "promotional", b"promotional", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -540,6 +705,8 @@ class TopUpRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user to credit."""
     amount: _builtins.int
@@ -548,11 +715,17 @@ class TopUpRequest(_message.Message):
     """Optional key that makes retries safe (at most 128 characters); the server
     makes one when empty.
     """
+    priority: _builtins.int
+    """Draw priority 0-100, lower is spent first; unset: 100."""
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """Optional caller metadata stored with the transaction (at most 16 KiB as
         JSON).
         """
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the credits expire (must be in the future); unset: never."""
 
     def __init__(
         self,
@@ -561,12 +734,16 @@ class TopUpRequest(_message.Message):
         amount: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "expire_time", b"expire_time", "metadata", b"metadata", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "amount", b"amount", "expire_time", b"expire_time", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "priority", b"priority", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___TopUpRequest: _TypeAlias = TopUpRequest  # noqa: Y015
 
@@ -578,21 +755,30 @@ class TopUpResponse(_message.Message):
 
     TRANSACTION_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    LOT_FIELD_NUMBER: _builtins.int
     balance: _builtins.int
     """The balance right after the transaction."""
     @_builtins.property
     def transaction(self) -> Global___Transaction:
         """The applied transaction."""
 
+    @_builtins.property
+    def lot(self) -> Global___Lot:
+        """The lot the credits went to (category PAID), as this write left it: a
+        retry with the same key answers it as the original did (use ListLots
+        for what is left of it now).
+        """
+
     def __init__(
         self,
         *,
         transaction: Global___Transaction | None = ...,
         balance: _builtins.int = ...,
+        lot: Global___Lot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lot", b"lot", "transaction", b"transaction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "transaction", b"transaction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "lot", b"lot", "transaction", b"transaction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -683,6 +869,9 @@ class GrantRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user to credit."""
     amount: _builtins.int
@@ -693,11 +882,21 @@ class GrantRequest(_message.Message):
     """
     reason: _builtins.str
     """Why the credits were given (at most 256 characters)."""
+    priority: _builtins.int
+    """Draw priority 0-100, lower is spent first; unset: 50."""
+    category: Global___CreditCategory.ValueType
+    """PROMOTIONAL (the default) or PAID, for credits sold through another
+    channel.
+    """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """Optional caller metadata stored with the transaction (at most 16 KiB as
         JSON).
         """
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the credits expire (must be in the future); unset: never."""
 
     def __init__(
         self,
@@ -707,12 +906,17 @@ class GrantRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         reason: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int | None = ...,
+        category: Global___CreditCategory.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "expire_time", b"expire_time", "metadata", b"metadata", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "amount", b"amount", "category", b"category", "expire_time", b"expire_time", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "priority", b"priority", "reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___GrantRequest: _TypeAlias = GrantRequest  # noqa: Y015
 
@@ -724,21 +928,30 @@ class GrantResponse(_message.Message):
 
     TRANSACTION_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    LOT_FIELD_NUMBER: _builtins.int
     balance: _builtins.int
     """The balance right after the transaction."""
     @_builtins.property
     def transaction(self) -> Global___Transaction:
         """The applied transaction."""
 
+    @_builtins.property
+    def lot(self) -> Global___Lot:
+        """The lot the credits went to, as this write left it: a retry with the
+        same key answers it as the original did (use ListLots for what is left
+        of it now).
+        """
+
     def __init__(
         self,
         *,
         transaction: Global___Transaction | None = ...,
         balance: _builtins.int = ...,
+        lot: Global___Lot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lot", b"lot", "transaction", b"transaction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "transaction", b"transaction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "lot", b"lot", "transaction", b"transaction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1434,3 +1647,71 @@ class ListHoldsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListHoldsResponse: _TypeAlias = ListHoldsResponse  # noqa: Y015
+
+@_typing.final
+class ListLotsRequest(_message.Message):
+    """Request for ListLots."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_EMPTY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user whose lots to list."""
+    include_empty: _builtins.bool
+    """Also list lots with nothing left (spent, refunded or expired, as of
+    now); by default only lots with credits left are listed.
+    """
+    page_size: _builtins.int
+    """The maximum number of lots to return: 0 means 50, values above 1000
+    are treated as 1000, negative values are INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """The next_page_token of a previous call with the same filters; empty for
+    the first page.
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        include_empty: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_empty", b"include_empty", "page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLotsRequest: _TypeAlias = ListLotsRequest  # noqa: Y015
+
+@_typing.final
+class ListLotsResponse(_message.Message):
+    """Response for ListLots."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def lots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lot]:
+        """The lots, in draw order."""
+
+    def __init__(
+        self,
+        *,
+        lots: _abc.Iterable[Global___Lot] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lots", b"lots", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLotsResponse: _TypeAlias = ListLotsResponse  # noqa: Y015

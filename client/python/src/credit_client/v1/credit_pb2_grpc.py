@@ -120,6 +120,11 @@ class CreditServiceStub:
                 request_serializer=credit_dot_v1_dot_credit__pb2.ListHoldsRequest.SerializeToString,
                 response_deserializer=credit_dot_v1_dot_credit__pb2.ListHoldsResponse.FromString,
                 _registered_method=True)
+        self.ListLots = channel.unary_unary(
+                '/credit.v1.CreditService/ListLots',
+                request_serializer=credit_dot_v1_dot_credit__pb2.ListLotsRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.ListLotsResponse.FromString,
+                _registered_method=True)
 
 
 class CreditServiceServicer:
@@ -252,6 +257,14 @@ class CreditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLots(self, request, context):
+        """Lists a user's lots in the order spends draw from them: priority (lower
+        first), then soonest expiry (never-expiring last), then oldest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -329,6 +342,11 @@ def add_CreditServiceServicer_to_server(servicer, server):
                     servicer.ListHolds,
                     request_deserializer=credit_dot_v1_dot_credit__pb2.ListHoldsRequest.FromString,
                     response_serializer=credit_dot_v1_dot_credit__pb2.ListHoldsResponse.SerializeToString,
+            ),
+            'ListLots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLots,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.ListLotsRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.ListLotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -747,6 +765,33 @@ class CreditService:
             '/credit.v1.CreditService/ListHolds',
             credit_dot_v1_dot_credit__pb2.ListHoldsRequest.SerializeToString,
             credit_dot_v1_dot_credit__pb2.ListHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditService/ListLots',
+            credit_dot_v1_dot_credit__pb2.ListLotsRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.ListLotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,10 @@ class CreditServiceStub:
     """Returns one hold of a user."""
     ListHolds: _grpc.UnaryUnaryMultiCallable[_credit_pb2.ListHoldsRequest, _credit_pb2.ListHoldsResponse]
     """Lists a user's holds, newest first."""
+    ListLots: _grpc.UnaryUnaryMultiCallable[_credit_pb2.ListLotsRequest, _credit_pb2.ListLotsResponse]
+    """Lists a user's lots in the order spends draw from them: priority (lower
+    first), then soonest expiry (never-expiring last), then oldest.
+    """
 
 @_typing.type_check_only
 class CreditServiceAsyncStub(CreditServiceStub):
@@ -153,6 +157,10 @@ class CreditServiceAsyncStub(CreditServiceStub):
     """Returns one hold of a user."""
     ListHolds: _aio.UnaryUnaryMultiCallable[_credit_pb2.ListHoldsRequest, _credit_pb2.ListHoldsResponse]  # type: ignore[assignment]
     """Lists a user's holds, newest first."""
+    ListLots: _aio.UnaryUnaryMultiCallable[_credit_pb2.ListLotsRequest, _credit_pb2.ListLotsResponse]  # type: ignore[assignment]
+    """Lists a user's lots in the order spends draw from them: priority (lower
+    first), then soonest expiry (never-expiring last), then oldest.
+    """
 
 class CreditServiceServicer(metaclass=_abc_1.ABCMeta):
     """CreditService keeps a prepaid credit balance per user and an append-only
@@ -303,5 +311,15 @@ class CreditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_credit_pb2.ListHoldsResponse, _abc.Awaitable[_credit_pb2.ListHoldsResponse]]:
         """Lists a user's holds, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListLots(
+        self,
+        request: _credit_pb2.ListLotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credit_pb2.ListLotsResponse, _abc.Awaitable[_credit_pb2.ListLotsResponse]]:
+        """Lists a user's lots in the order spends draw from them: priority (lower
+        first), then soonest expiry (never-expiring last), then oldest.
+        """
 
 def add_CreditServiceServicer_to_server(servicer: CreditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
