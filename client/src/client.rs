@@ -201,15 +201,10 @@ impl CreditClient {
         F: Fn(CreditServiceClient<Channel>, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        let mut request = Request::new(message);
+        let mut request = self.request(message);
         // Tells the server when to give up too, so it does not keep working
         // for a caller that has gone.
         request.set_timeout(deadline);
-        if let Some(value) = &self.authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
         let started = Instant::now();
         // Enforced here as well: a channel the caller built may not enforce
         // `grpc-timeout` itself.
@@ -226,6 +221,18 @@ impl CreditClient {
             Ok(Err(status)) => Err(status),
             Err(_) => Err(deadline_exceeded(deadline)),
         }
+    }
+
+    /// A request carrying the client's credentials and no deadline: for
+    /// streams, which live as long as their reader wants.
+    pub(crate) fn request<M>(&self, message: M) -> Request<M> {
+        let mut request = Request::new(message);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
     }
 
     fn call_timed_out(&self) -> Status {

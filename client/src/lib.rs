@@ -22,6 +22,10 @@
 //!   spends draw from them in order, and each transaction's
 //!   [`Transaction::allocations`] say from which. [`CreditClient::list_lots`]
 //!   lists them; [`Balance`] splits the balance into paid and promotional.
+//! - The change feed: [`CreditClient::watch_transactions`] (every
+//!   committed transaction once, resumable from a cursor) and
+//!   [`CreditClient::watch_balance`], as streams that reopen by themselves
+//!   after a lost connection or a server restart.
 //! - [`CreditClient::verify_ledger`]: the server's check of the ledger's
 //!   invariants (admin).
 //! - Typed errors ([`Error`]) read from the server's `google.rpc` details.
@@ -76,6 +80,7 @@ mod paging;
 mod retry;
 mod users;
 mod verify;
+mod watch;
 mod writes;
 
 pub use client::CreditClient;
@@ -91,6 +96,7 @@ pub use model::{Allocation, Balance, Receipt, Transaction, TransactionType, Usag
 pub use retry::RetryPolicy;
 pub use users::CreateUser;
 pub use verify::{LedgerReport, LedgerViolation};
+pub use watch::{FeedMessage, WatchBalance, WatchTransactions};
 pub use writes::{Grant, Refund, Spend, TopUp, Write, WriteOp, new_idempotency_key};
 
 /// Every RPC of `credit.v1.CreditService` and the [`CreditClient`] method
@@ -117,6 +123,8 @@ pub const RPC_METHODS: &[(&str, &str)] = &[
     ("GetHold", "get_hold"),
     ("ListHolds", "list_holds"),
     ("ListLots", "list_lots"),
+    ("WatchTransactions", "watch_transactions"),
+    ("WatchBalance", "watch_balance"),
 ];
 
 /// The generated `credit.v1` messages and client, for what this crate does
@@ -157,6 +165,8 @@ mod tests {
             get_hold("u", "hold"),
             list_holds("u"),
             list_lots("u"),
+            watch_transactions("u"),
+            watch_balance("u"),
         );
         for (rpc, method) in RPC_METHODS {
             assert!(

@@ -31,6 +31,7 @@ const CLI_COMMANDS: &[(&str, &str)] = &[
     ("GetHold", "hold get"),
     ("ListHolds", "hold list"),
     ("ListLots", "lots"),
+    ("WatchTransactions", "watch"),
 ];
 
 /// Python methods whose names are not the RPC's in snake_case.

@@ -421,23 +421,38 @@ impl Ledger {
         Ok(Cursor(self.store.feed_head(&self.store.db).await?))
     }
 
-    /// Where a stream starts: right after `start_after`, or at the head
-    /// (from now). A cursor past the head was not made by this ledger.
+    /// Where a stream starts: right after `start_after`, or from now. A
+    /// cursor past the head was not made by this ledger.
+    ///
+    /// "From now" runs a sequencer pass first, so every transaction
+    /// committed before the call has a position at or below the start and
+    /// every later one above it. The head alone would lag commits by up to
+    /// a poll interval (SQLite, MariaDB, other processes' writes), and a
+    /// watch "from now" would then replay writes the caller had already
+    /// seen acknowledged.
     pub async fn feed_start(&self, start_after: Option<Cursor>) -> Result<Cursor, LedgerError> {
+        let Some(cursor) = start_after else {
+            loop {
+                let (head, full) = self.store.sequence_pass().await?;
+                self.store.feed.advance(head);
+                if !full {
+                    return Ok(Cursor(head));
+                }
+            }
+        };
         let head = self.feed_head().await?;
-        match start_after {
-            None => Ok(head),
-            Some(cursor) if cursor <= head => Ok(cursor),
-            Some(cursor) => Err(LedgerError::InvalidArgument(vec![FieldViolation::new(
-                "start_after",
-                format!(
-                    "cursor {} is ahead of this ledger's feed (at {}): it comes from another \
-                     ledger; resume with a cursor this feed sent, or leave it empty to start now",
-                    cursor.token(),
-                    head.token()
-                ),
-            )])),
+        if cursor <= head {
+            return Ok(cursor);
         }
+        Err(LedgerError::InvalidArgument(vec![FieldViolation::new(
+            "start_after",
+            format!(
+                "cursor {} is ahead of this ledger's feed (at {}): it comes from another \
+                 ledger; resume with a cursor this feed sent, or leave it empty to start now",
+                cursor.token(),
+                head.token()
+            ),
+        )]))
     }
 
     /// Up to `limit` transactions matching `filter` after `after`, in feed

@@ -155,6 +155,21 @@ pub enum Command {
     /// List a user's lots (credits by category, priority and expiry) in the
     /// order spends draw from them.
     Lots(LotsArgs),
+    /// Follow transactions as they commit, until interrupted (or --limit):
+    /// one user's, or every user's (admin key) when USER is left out. It
+    /// reopens by itself after a lost connection or a server restart and
+    /// goes on exactly where it was. --json prints one JSON object per line,
+    /// heartbeats included, each with the cursor to pass to --start-after.
+    #[command(visible_alias = "watch-transactions")]
+    Watch(WatchArgs),
+    /// Follow a user's balance: the current value, then every change.
+    WatchBalance {
+        /// The user.
+        user: String,
+        /// Stop after this many balances.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Check the ledger's invariants for one user or all (admin key);
     /// exits 10 when any is violated.
     Verify {
@@ -268,6 +283,24 @@ pub struct HoldListArgs {
     /// --state filters).
     #[arg(long, value_name = "TOKEN")]
     pub page_token: Option<String>,
+}
+
+/// `credit watch ...`
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The user (default: every user; needs an admin key).
+    pub user: Option<String>,
+    /// Only this type: top-up, usage, grant, refund, card-check, expiration
+    /// (repeatable).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kinds: Vec<TransactionType>,
+    /// Start right after this cursor (printed with every message); default:
+    /// from now.
+    #[arg(long, value_name = "CURSOR")]
+    pub start_after: Option<String>,
+    /// Stop after this many transactions.
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 /// `credit lots ...`

@@ -19,10 +19,11 @@ use credit_client::{
     CreditClient, DEFAULT_CONNECT_TIMEOUT, Error, HoldPage, LotPage, Page, TlsConfig, Usage, Write,
     WriteOp, parse_endpoint,
 };
+use futures::StreamExt;
 
 use args::{
     Cli, Command, HistoryArgs, HoldCommand, HoldListArgs, LotsArgs, UsageArgs, UserCommand,
-    WriteOptions,
+    WatchArgs, WriteOptions,
 };
 
 fn main() -> ExitCode {
@@ -191,6 +192,23 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::History(args) => history(&client, args, json).await,
         Command::Hold(command) => hold(&client, command, json).await,
         Command::Lots(args) => list_lots(&client, args, json).await,
+        Command::Watch(args) => watch(&client, args, json).await,
+        Command::WatchBalance { user, limit } => {
+            let mut balances = std::pin::pin!(
+                client
+                    .watch_balance(user)
+                    .stream()
+                    .take(limit.unwrap_or(usize::MAX))
+            );
+            while let Some(balance) = balances.next().await {
+                let balance = balance?;
+                match json {
+                    true => output::json_line(&balance).map_err(json_failed)?,
+                    false => output::balance_line(&balance),
+                }
+            }
+            Ok(())
+        }
         Command::Verify { user } => {
             let report = match user {
                 Some(user) => client.verify_user(user).await?,
@@ -453,6 +471,40 @@ async fn list_lots(client: &CreditClient, args: LotsArgs, json: bool) -> Result<
 /// token to continue after them when more exist. Each page asks for no more
 /// than is still wanted, so that token continues right after the last item
 /// shown.
+/// Prints the feed as it comes: transactions (and with --json every
+/// heartbeat too, so a script always holds the latest cursor).
+async fn watch(client: &CreditClient, args: WatchArgs, json: bool) -> Result<(), Error> {
+    let mut feed = client
+        .watch_transactions(args.user.unwrap_or_default())
+        .types(args.kinds);
+    if let Some(cursor) = args.start_after {
+        feed = feed.start_after(cursor);
+    }
+    let mut feed = feed.stream();
+    let mut left = args.limit.unwrap_or(usize::MAX);
+    while left > 0
+        && let Some(message) = feed.next().await
+    {
+        let message = message?;
+        // Heartbeats do not count towards --limit, and people do not see
+        // them (a script with --json does: they carry the latest cursor).
+        if message.transaction.is_some() {
+            left -= 1;
+        } else if !json {
+            continue;
+        }
+        match json {
+            true => output::json_line(&message).map_err(json_failed)?,
+            false => output::feed_line(&message),
+        }
+    }
+    Ok(())
+}
+
+fn json_failed(err: serde_json::Error) -> Error {
+    Error::InvalidResponse(format!("cannot print JSON: {err}"))
+}
+
 async fn collect_pages<T, Fut>(
     limit: usize,
     mut token: Option<String>,

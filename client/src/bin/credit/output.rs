@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use credit_client::{
-    Allocation, Balance, Hold, HoldPage, HoldReceipt, LedgerReport, Lot, LotPage, Page, Receipt,
-    Transaction, User,
+    Allocation, Balance, FeedMessage, Hold, HoldPage, HoldReceipt, LedgerReport, Lot, LotPage,
+    Page, Receipt, Transaction, User,
 };
 use serde::Serialize;
 
@@ -11,6 +11,42 @@ use serde::Serialize;
 pub fn json<T: Serialize>(value: &T) -> Result<(), serde_json::Error> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// `value` as one line of JSON, for a stream of them (JSON Lines).
+pub fn json_line<T: Serialize>(value: &T) -> Result<(), serde_json::Error> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// One transaction of the feed as one line, with the cursor after it.
+pub fn feed_line(m: &FeedMessage) {
+    if let Some(t) = &m.transaction {
+        println!(
+            "{}  {}  seq {}  {}  {}  balance {}  {}  cursor {}",
+            time(t.created_at),
+            t.user_id,
+            t.sequence,
+            t.kind,
+            signed(t.amount),
+            t.running_balance,
+            t.transaction_id,
+            m.cursor
+        );
+    }
+}
+
+/// One balance of a watch as one line.
+pub fn balance_line(b: &Balance) {
+    println!(
+        "{}  {}  balance {}  held {}  available {}  seq {}",
+        time(b.updated_at),
+        b.user_id,
+        b.balance,
+        b.held,
+        b.available,
+        b.last_sequence
+    );
 }
 
 /// A user as `field  value` lines.
