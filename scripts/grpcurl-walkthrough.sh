@@ -94,3 +94,30 @@ call "Grant 50 promotional credits that expire (a lot of priority 50)" -plaintex
   "$ADDR" credit.v1.CreditService/Grant
 call "The lots, in the order spends draw from them (promotional first)" -plaintext \
   -d "{\"user_id\": \"$USER_ID\"}" "$ADDR" credit.v1.CreditService/ListLots
+
+# The change feed: a WatchBalance stream (in a second terminal, say) sends the
+# balance now, then every change; here it runs for 3 s while a spend of 5 is
+# made. On a repeat the spend is a replay (same key), so the stream shows
+# only the current balance.
+watch_args=(-plaintext -max-time 3 -d "{\"user_id\": \"$USER_ID\"}" "$ADDR" credit.v1.CreditService/WatchBalance)
+show "Watch the balance (terminal 2) while spending 5 (terminal 1)" "${watch_args[@]}"
+watch_out="$(mktemp)"
+trap 'rm -f "$watch_out"' EXIT
+"$GRPCURL" "${watch_args[@]}" > "$watch_out" 2>&1 &
+watch_pid=$!
+sleep 1
+printf '$ grpcurl -plaintext -d %s %s credit.v1.CreditService/Spend   # terminal 1\n' \
+  "'{\"user_id\": \"$USER_ID\", \"amount\": 5, \"idempotency_key\": \"$USER_ID-spend-2\"}'" "$ADDR"
+"$GRPCURL" -plaintext -d "{\"user_id\": \"$USER_ID\", \"amount\": 5, \"idempotency_key\": \"$USER_ID-spend-2\"}" \
+  "$ADDR" credit.v1.CreditService/Spend
+# -max-time ends the stream: grpcurl then exits with 68 (DEADLINE_EXCEEDED).
+set +e
+wait "$watch_pid"
+watch_status=$?
+set -e
+echo "# terminal 2 (the stream, ended by -max-time after 3 s):"
+cat "$watch_out"
+if [[ "$watch_status" -ne 0 && "$watch_status" -ne 68 ]]; then
+  echo "WatchBalance failed (grpcurl exit $watch_status)" >&2
+  exit 1
+fi

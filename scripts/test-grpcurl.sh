@@ -101,9 +101,10 @@ for run in 1 2; do
   expect "$transcript" 6 "Code: FailedPrecondition"
   expect "$transcript" 6 '"@type":"type.googleapis.com/google.rpc.ErrorInfo"'
   expect "$transcript" 6 '"reason":"INSUFFICIENT_BALANCE"'
-  # Run 2 starts after run 1's capture of 20 and grant of 50: 100 left.
-  left=$([[ $run -eq 1 ]] && echo 70 || echo 100)
-  after=$([[ $run -eq 1 ]] && echo 50 || echo 100)
+  # Run 2 starts after run 1's capture of 20, grant of 50 and spend of 5:
+  # 95 left.
+  left=$([[ $run -eq 1 ]] && echo 70 || echo 95)
+  after=$([[ $run -eq 1 ]] && echo 50 || echo 95)
   expect "$transcript" 6 "\"metadata\":{\"availableBalance\":\"$left\",\"requestedAmount\":\"500\"}"
   expect "$transcript" 6 "(grpcurl exited with status 73)"
   expect "$transcript" 7 "\"balance\": \"$left\""
@@ -126,6 +127,21 @@ for run in 1 2; do
   else
     echo "FAIL step 15 lists first: $first" >&2
     failures=$((failures + 1))
+  fi
+  # The watch: the balance first (run 1: 100, then 95 after the spend; run 2
+  # the spend is a replay: 95 only), and the spend's answer.
+  expect "$transcript" 16 '"amount": "-5"'
+  expect "$transcript" 16 '"balance": "95"'
+  expect "$transcript" 16 'Code: DeadlineExceeded'
+  if [[ $run -eq 1 ]]; then
+    expect "$transcript" 16 '"balance": "100"'
+    order="$(section "$transcript" 16 | sed -n '/terminal 2/,$p' | grep -o '"balance": "[0-9]*"' | tr '\n' ' ')"
+    if [[ "$order" == '"balance": "100" "balance": "95" ' ]]; then
+      echo "ok   step 16 streams 100, then 95"
+    else
+      echo "FAIL step 16 streams: $order" >&2
+      failures=$((failures + 1))
+    fi
   fi
 done
 
