@@ -17,7 +17,9 @@ pub struct Args {
     /// latency is per pair), runs on the service only, and next to
     /// `spend-hot` in the same invocation prints the pair/spend cost ratio.
     /// `spend-lots` (service only) spends on one user with five lots; next
-    /// to `spend-hot` it prints the lots/plain cost ratio.
+    /// to `spend-hot` it prints the lots/plain cost ratio. `feed` (service
+    /// only) runs spend-spread without and then with --watchers all-users
+    /// watch streams and prints their cost and the delivery latency.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "spend-hot")]
     pub scenario: Vec<Scenario>,
 
@@ -65,7 +67,7 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub db_max_connections: u32,
 
-    /// Users per target for spend-spread, read and mixed (spend-hot,
+    /// Users per target for spend-spread, read, mixed and feed (spend-hot,
     /// reserve-capture and spend-lots use one user).
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
@@ -104,6 +106,11 @@ pub struct Args {
     #[arg(long)]
     pub keep_database: bool,
 
+    /// All-users WatchTransactions streams during the feed scenario's
+    /// second pass.
+    #[arg(long, default_value_t = 10)]
+    pub watchers: usize,
+
     /// Give up on one call after this long (counted as DEADLINE_EXCEEDED).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub op_timeout: Duration,
@@ -125,6 +132,12 @@ pub enum Scenario {
     /// 1..=120 of that hold (above 100 the excess comes from the available
     /// balance). One pair is one operation. Service only.
     ReserveCapture,
+    /// Spends spread over --users (as spend-spread), measured twice in a
+    /// row: without watchers, then with --watchers all-users
+    /// WatchTransactions streams reading every transaction. Prints what the
+    /// watchers cost the writes and the feed's delivery latency. Service
+    /// only.
+    Feed,
     /// Every client spends on one user who holds five lots of different
     /// priorities and expiries (`spend-hot` on a user with several kinds
     /// of credit). Service only: the SQL baselines keep no lots.
@@ -135,7 +148,10 @@ impl Scenario {
     /// Whether the scenario places holds, which the SQL baselines do not
     /// model: it runs on the service only.
     pub fn service_only(self) -> bool {
-        matches!(self, Scenario::ReserveCapture | Scenario::SpendLots)
+        matches!(
+            self,
+            Scenario::ReserveCapture | Scenario::SpendLots | Scenario::Feed
+        )
     }
 
     /// What one counted operation is, for the report's units.
@@ -154,6 +170,7 @@ impl Scenario {
             Scenario::Mixed => "mixed",
             Scenario::ReserveCapture => "reserve-capture",
             Scenario::SpendLots => "spend-lots",
+            Scenario::Feed => "feed",
         }
     }
 }

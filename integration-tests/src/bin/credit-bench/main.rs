@@ -5,6 +5,7 @@
 mod args;
 mod cpu;
 mod database;
+mod feed;
 mod grpc;
 mod invariants;
 mod plot;

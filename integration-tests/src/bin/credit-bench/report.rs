@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::args::{DbKind, Scenario, TargetKind};
+use crate::feed::FeedStats;
 use crate::runner::Measurement;
 use crate::workload::Op;
 
@@ -36,6 +37,12 @@ pub struct RunResult {
     pub other_cpu_percent: Option<f64>,
     pub users_checked: u64,
     pub invariant_violations: Vec<String>,
+    /// The feed scenario: how many all-users watch streams ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watchers: Option<usize>,
+    /// What those watchers received, and how fast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<FeedStats>,
 }
 
 /// Latency percentiles of successful calls, in milliseconds.
@@ -92,6 +99,8 @@ impl RunResult {
             other_cpu_percent: None,
             users_checked: 0,
             invariant_violations: Vec::new(),
+            watchers: None,
+            feed: None,
         }
     }
 
@@ -235,6 +244,59 @@ pub fn lot_ratios(results: &[RunResult]) -> Vec<LotRatio> {
         .collect()
 }
 
+/// What watchers cost the writes: a feed run with watchers next to the one
+/// without, same target and client count.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedRatio {
+    pub clients: usize,
+    pub watchers: usize,
+    pub writes_per_sec_without: f64,
+    pub writes_per_sec_with: f64,
+    /// With over without (0.9 = writes lost 10%).
+    pub with_over_without: f64,
+    pub delivery_p50_ms: f64,
+    pub delivery_p99_ms: f64,
+    pub delivery_max_ms: f64,
+    /// Whether every watcher received every acknowledged write.
+    pub every_write_delivered: bool,
+}
+
+/// Every with/without-watchers pair the results allow.
+pub fn feed_ratios(results: &[RunResult]) -> Vec<FeedRatio> {
+    results
+        .iter()
+        .filter_map(|with| {
+            let feed = with.feed.as_ref()?;
+            let without = results.iter().find(|r| {
+                r.scenario == Scenario::Feed
+                    && r.watchers == Some(0)
+                    && r.target == with.target
+                    && r.clients == with.clients
+            })?;
+            Some(FeedRatio {
+                clients: with.clients,
+                watchers: feed.watchers,
+                writes_per_sec_without: without.ops_per_sec,
+                writes_per_sec_with: with.ops_per_sec,
+                with_over_without: with.ops_per_sec / without.ops_per_sec.max(1e-9),
+                delivery_p50_ms: feed.p50_ms,
+                delivery_p99_ms: feed.p99_ms,
+                delivery_max_ms: feed.max_ms,
+                every_write_delivered: feed.fewest_per_watcher >= with.ops,
+            })
+        })
+        .collect()
+}
+
+/// A run's name in the table: the scenario, and for the feed scenario its
+/// watchers (`feed 10w`).
+fn run_name(r: &RunResult) -> String {
+    match r.watchers {
+        Some(n) => format!("{} {n}w", r.scenario.name()),
+        None => r.scenario.name().to_owned(),
+    }
+}
+
 /// The human-readable table and ratio lines.
 pub fn render(results: &[RunResult], notes: &[String]) -> String {
     let mut out = String::new();
@@ -269,7 +331,7 @@ pub fn render(results: &[RunResult], notes: &[String]) -> String {
         let _ = writeln!(
             out,
             "{:<15} {:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>5}  {errors}",
-            r.scenario.name(),
+            run_name(r),
             r.target.name(),
             r.clients,
             r.ops,
@@ -311,6 +373,29 @@ pub fn render(results: &[RunResult], notes: &[String]) -> String {
             ratio.baseline.name(),
             ratio.throughput,
             ratio.p99,
+        );
+    }
+    let feed_ratios = feed_ratios(results);
+    if !feed_ratios.is_empty() {
+        out.push('\n');
+    }
+    for f in &feed_ratios {
+        let _ = writeln!(
+            out,
+            "feed @ {} clients: writes with {} watchers / without = {:.2}x ({:.0} vs {:.0}/s); \
+             delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {}",
+            f.clients,
+            f.watchers,
+            f.with_over_without,
+            f.writes_per_sec_with,
+            f.writes_per_sec_without,
+            f.delivery_p50_ms,
+            f.delivery_p99_ms,
+            f.delivery_max_ms,
+            match f.every_write_delivered {
+                true => "every watcher received every acknowledged write",
+                false => "SOME WATCHER MISSED WRITES",
+            }
         );
     }
     let pair_ratios = pair_ratios(results);
@@ -417,6 +502,7 @@ pub struct Document<'a> {
     /// Time of a spend over five lots over a plain one (spend-lots next to
     /// spend-hot).
     pub lot_ratios: Vec<LotRatio>,
+    pub feed_ratios: Vec<FeedRatio>,
     pub server_peak_rss_mb: Option<f64>,
     pub notes: &'a [String],
     pub passed: bool,

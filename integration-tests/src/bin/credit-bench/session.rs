@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::args::{Args, Scenario, TargetKind};
 use crate::cpu::CpuSnapshot;
 use crate::database::BenchDb;
+use crate::feed::Watchers;
 use crate::grpc::{self, Client};
 use crate::invariants;
 use crate::plot;
@@ -322,65 +323,98 @@ async fn bench(
                     &label,
                 )
                 .await?;
-                let bar = Progress::timed(progress, label, args.duration.as_millis() as u64);
-                if let Some(rss) = &env.rss {
-                    rss.take_peak_mb();
-                }
-                let server_pid = env.server.as_ref().map(|s| s.pid);
-                let cpu_before = CpuSnapshot::take(server_pid);
-                let wall = Instant::now();
-                let m = runner::measure(target, workload.clone(), spec, &bar).await?;
-                let mut result = RunResult::new(scenario, kind, clients, &m);
-                result.other_cpu_percent =
-                    cpu_before
-                        .zip(CpuSnapshot::take(server_pid))
-                        .map(|(before, after)| {
-                            before.foreign_percent(&after, wall.elapsed().as_secs_f64(), cpus)
-                        });
-                if kind == TargetKind::Service {
-                    result.server_peak_rss_mb = env.rss.as_ref().and_then(|r| r.take_peak_mb());
-                }
-                if let Some(server) = &mut env.server {
-                    anyhow::ensure!(
-                        server.is_running(),
-                        "credit-server died during {} {} x{clients}; its log:\n{}",
-                        scenario.name(),
-                        kind.name(),
-                        server.log_tail()
-                    );
-                }
-                // Every pair captured its hold: none may be left active.
-                let holds = scenario == Scenario::ReserveCapture;
-                let check = match &env.check_db {
-                    Some(db) => {
-                        let mut check =
-                            invariants::check_sql(db, prefix, workload.users.len(), holds).await?;
-                        // The server's verifier judges what the server
-                        // wrote. The raw baselines write balances and log
-                        // rows by hand, without lots or allocations: the
-                        // set-level SQL above judges them.
-                        if kind == TargetKind::Service {
-                            check
-                                .violations
-                                .extend(invariants::verify_sample(db, &workload.users).await?);
-                        }
-                        check
-                    }
-                    None => invariants::check_api(&env.clients[0], &workload.users, holds).await?,
+                // The feed scenario measures the same writes twice in a
+                // row: without watchers, then with them.
+                let passes = match scenario {
+                    Scenario::Feed => vec![0, args.watchers],
+                    _ => vec![0],
                 };
-                result.users_checked = check.users_checked;
-                result.invariant_violations = check.violations;
-                if !args.json && !progress {
-                    eprintln!(
-                        "{} {} x{clients}: {:.0} {}/s, p99 {:.2} ms",
-                        scenario.name(),
-                        kind.name(),
-                        result.ops_per_sec,
-                        scenario.unit(),
-                        result.latency_ms.p99
-                    );
+                for watchers in passes {
+                    let label = match scenario {
+                        Scenario::Feed => format!("{label} {watchers} watchers"),
+                        _ => label.clone(),
+                    };
+                    let bar = Progress::timed(progress, label, args.duration.as_millis() as u64);
+                    let feed = match watchers {
+                        0 => None,
+                        n => Some(Watchers::start(&env.endpoint, n).await?),
+                    };
+                    if let Some(rss) = &env.rss {
+                        rss.take_peak_mb();
+                    }
+                    let server_pid = env.server.as_ref().map(|s| s.pid);
+                    let cpu_before = CpuSnapshot::take(server_pid);
+                    let wall = Instant::now();
+                    let m = runner::measure(target, workload.clone(), spec, &bar).await?;
+                    let mut result = RunResult::new(scenario, kind, clients, &m);
+                    if scenario == Scenario::Feed {
+                        result.watchers = Some(watchers);
+                    }
+                    if let Some(feed) = feed {
+                        result.feed = Some(feed.finish(m.ok).await?);
+                    }
+                    result.other_cpu_percent =
+                        cpu_before
+                            .zip(CpuSnapshot::take(server_pid))
+                            .map(|(before, after)| {
+                                before.foreign_percent(&after, wall.elapsed().as_secs_f64(), cpus)
+                            });
+                    if kind == TargetKind::Service {
+                        result.server_peak_rss_mb = env.rss.as_ref().and_then(|r| r.take_peak_mb());
+                    }
+                    if let Some(server) = &mut env.server {
+                        anyhow::ensure!(
+                            server.is_running(),
+                            "credit-server died during {} {} x{clients}; its log:\n{}",
+                            scenario.name(),
+                            kind.name(),
+                            server.log_tail()
+                        );
+                    }
+                    // Every pair captured its hold: none may be left active.
+                    let holds = scenario == Scenario::ReserveCapture;
+                    let check = match &env.check_db {
+                        Some(db) => {
+                            let mut check =
+                                invariants::check_sql(db, prefix, workload.users.len(), holds)
+                                    .await?;
+                            // The server's verifier judges what the server
+                            // wrote. The raw baselines write balances and log
+                            // rows by hand, without lots or allocations: the
+                            // set-level SQL above judges them.
+                            if kind == TargetKind::Service {
+                                check
+                                    .violations
+                                    .extend(invariants::verify_sample(db, &workload.users).await?);
+                            }
+                            check
+                        }
+                        None => {
+                            invariants::check_api(&env.clients[0], &workload.users, holds).await?
+                        }
+                    };
+                    result.users_checked = check.users_checked;
+                    result.invariant_violations = check.violations;
+                    if let Some(feed) = &result.feed
+                        && feed.fewest_per_watcher < result.ops
+                    {
+                        result.invariant_violations.push(format!(
+                            "a watcher received {} of the {} acknowledged writes",
+                            feed.fewest_per_watcher, result.ops
+                        ));
+                    }
+                    if !args.json && !progress {
+                        eprintln!(
+                            "{} {} x{clients}: {:.0} {}/s, p99 {:.2} ms",
+                            scenario.name(),
+                            kind.name(),
+                            result.ops_per_sec,
+                            scenario.unit(),
+                            result.latency_ms.p99
+                        );
+                    }
+                    results.push(result);
                 }
-                results.push(result);
             }
         }
     }
@@ -401,6 +435,19 @@ async fn bench(
                  pairs/s, latencies are per pair); held must be 0 after each run",
                 workload::RESERVE_AMOUNT,
                 workload::CAPTURE_MAX
+            ),
+        );
+    }
+
+    if args.scenario.contains(&Scenario::Feed) {
+        note(
+            &mut notes,
+            format!(
+                "feed: spends spread over {} users, measured without watchers and then with {} \
+                 all-users WatchTransactions streams (one connection each); delivery latency is \
+                 arrival minus the transaction's created_at, which the server takes before \
+                 commit (an upper bound on commit-to-delivery)",
+                args.users, args.watchers
             ),
         );
     }
@@ -449,6 +496,7 @@ async fn bench(
             ratios: report::ratios(&results),
             pair_ratios: report::pair_ratios(&results),
             lot_ratios: report::lot_ratios(&results),
+            feed_ratios: report::feed_ratios(&results),
             server_peak_rss_mb: results
                 .iter()
                 .filter_map(|r| r.server_peak_rss_mb)

@@ -87,7 +87,9 @@ impl Workload {
     pub fn next<'a>(&'a self, rng: &mut impl Rng) -> (Op, &'a str) {
         let user = &self.users[rng.random_range(0..self.users.len())];
         let op = match self.scenario {
-            Scenario::SpendHot | Scenario::SpendSpread | Scenario::SpendLots => Op::Spend,
+            Scenario::SpendHot | Scenario::SpendSpread | Scenario::SpendLots | Scenario::Feed => {
+                Op::Spend
+            }
             Scenario::Read => Op::Read,
             Scenario::ReserveCapture => Op::ReserveCapture,
             // Metered calls dominate; reads and history pages are what
