@@ -1,4 +1,4 @@
-// Every RPC of credit.v1.CreditService from before holds and lots once (holds.ts and lots.ts show those): node .build/examples/every-rpc.js
+// Every RPC of credit.v1.CreditService but holds and lots once (holds.ts and lots.ts show those): node .build/examples/every-rpc.js
 import { TransactionType, createCreditClient, timestampDate } from "credit-ledger-client";
 
 const credits = createCreditClient({ baseUrl: process.env.CREDIT_URL ?? "http://127.0.0.1:50051" });
@@ -9,6 +9,14 @@ try {
   console.log(`created ${user.userId} at ${timestampDate(user.createdAt!).toISOString()}`);
   console.log(`email: ${(await credits.getUser(userId)).email}`);
   console.log(`balance: ${(await credits.getBalance(userId)).balance}`); // 0n
+
+  // WatchTransactions from now: its first message is a heartbeat (no
+  // transaction) whose cursor says where the feed stands.
+  let start = "";
+  for await (const message of credits.watchTransactions({ userId })) {
+    start = message.cursor;
+    break; // ends the stream
+  }
 
   // TopUp, Spend, Grant, Refund: each returns { transaction, balance }.
   const topUp = await credits.topUp({ userId, amount: 100n, metadata: { order: "o-1" } });
@@ -42,6 +50,20 @@ try {
   // VerifyLedger (admin only when the server has API keys)
   const report = await credits.verifyLedger(userId);
   console.log(`ledger clean: ${report.clean}`);
+
+  // WatchTransactions from a cursor: every later transaction exactly once, in
+  // order, then new ones as they commit (reconnecting by itself).
+  for await (const { transaction, cursor } of credits.watchTransactions({ userId, startAfter: start })) {
+    if (transaction === undefined) continue; // a heartbeat: nothing new up to `cursor`
+    console.log(`feed #${transaction.sequence} ${TransactionType[transaction.type]} ${transaction.amount} (cursor ${cursor})`);
+    if (transaction.sequence === refund.transaction.sequence) break;
+  }
+
+  // WatchBalance: the current value first, then one per change.
+  for await (const balance of credits.watchBalance(userId)) {
+    console.log(`watched balance: ${balance.balance} at #${balance.lastSequence}`);
+    break;
+  }
 } finally {
   credits.close();
 }

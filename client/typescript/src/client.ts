@@ -10,18 +10,27 @@
  *   retried (4 attempts, ~100/200/400 ms apart, equal jitter, at most 2 s);
  * - every write carries an idempotency key, made by the client (a random
  *   UUID) when the caller gives none, and the same key on every retry;
- * - failures reject with a typed {@link CreditError}.
+ * - failures reject with a typed {@link CreditError};
+ * - the two streams (watchTransactions, watchBalance) are async iterables
+ *   without a deadline that reconnect by themselves (see {@link WatchOptions}).
  *
  * int64 values (amounts, balances, sequences) are `bigint`; amounts may be
  * passed as `number` too when they are safe integers.
  */
+import { equals } from "@bufbuild/protobuf";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import type { Client, Transport } from "@connectrpc/connect";
 
-import { CreditCategory, CreditService, HoldState, TransactionType } from "./gen/credit/v1/credit_pb.js";
+import {
+  CreditCategory,
+  CreditService,
+  GetBalanceResponseSchema,
+  HoldState,
+  TransactionType,
+} from "./gen/credit/v1/credit_pb.js";
 import type {
   CaptureResponse,
   GetBalanceResponse,
@@ -33,7 +42,16 @@ import type {
   User,
   VerifyLedgerResponse,
 } from "./gen/credit/v1/credit_pb.js";
-import { InvalidInput, InvalidResponse, isRetryableCode, toCreditError } from "./errors.js";
+import {
+  Code,
+  ERROR_DOMAIN,
+  InvalidInput,
+  InvalidResponse,
+  Unavailable,
+  isRetryableCode,
+  toCreditError,
+} from "./errors.js";
+import type { CreditError } from "./errors.js";
 import { backoffMs, resolveRetryPolicy, sleep } from "./retry.js";
 import type { RetryPolicy } from "./retry.js";
 
@@ -293,6 +311,73 @@ export interface LotPage {
 
 /** A user's balance (the generated GetBalanceResponse). */
 export type Balance = GetBalanceResponse;
+
+/**
+ * How a watch stream ({@link CreditClient.watchTransactions},
+ * {@link CreditClient.watchBalance}) runs. A stream has no deadline (it is
+ * meant to stay open); it carries the client's API key.
+ */
+export interface WatchOptions {
+  /**
+   * Reconnect by itself (default true) when the stream ends: after
+   * UNAVAILABLE (the server is shutting down, unreachable, or the connection
+   * broke), after RESOURCE_EXHAUSTED with reason SLOW_CONSUMER, and when the
+   * server ends the stream without an error. A transaction feed resumes
+   * right after the last message it yielded, so nothing is missed or
+   * repeated. Waits between reconnects follow the retry policy; when
+   * `maxAttempts` connections in a row end without a message, the last
+   * error is thrown. Every other error (InvalidArgument, PermissionDenied,
+   * TooManyStreams, ...) is thrown at once. With `false`, the iterable ends
+   * when the stream does and throws the error that ended it.
+   */
+  resume?: boolean;
+  /** Ends the stream (and any wait to reconnect); the iteration throws a CreditError with code CANCELED. */
+  signal?: AbortSignal;
+  /** The reconnect policy of this stream instead of the client's retry policy (any subset). */
+  retry?: Partial<RetryPolicy>;
+  /** Extra request headers. */
+  headers?: Record<string, string>;
+}
+
+/** Which transactions {@link CreditClient.watchTransactions} streams. */
+export interface WatchTransactionsOptions extends WatchOptions {
+  /** The user to watch; every user when omitted or empty (needs the admin role). */
+  userId?: string;
+  /**
+   * Start right after this cursor (a `cursor` of an earlier message of a
+   * feed); from now when omitted or empty.
+   */
+  startAfter?: string;
+  /** Only these types; all when empty or omitted. Heartbeats still come. */
+  types?: TransactionType[];
+}
+
+/** One message of {@link CreditClient.watchTransactions}: a transaction, or a heartbeat. */
+export interface FeedMessage {
+  /** The committed transaction; undefined in a heartbeat. */
+  transaction?: Transaction;
+  /**
+   * Opaque position in the feed: `startAfter: cursor` gives everything after
+   * this message exactly once, on any server process over the same
+   * database. A heartbeat's cursor says nothing matching was committed up
+   * to it. Store the cursor of the last message you processed.
+   */
+  cursor: string;
+}
+
+/**
+ * Whether a watch stream that ended with `err` is opened again: UNAVAILABLE
+ * (any reason: SHUTTING_DOWN, DATABASE_UNAVAILABLE, a refused connection),
+ * SLOW_CONSUMER, and failures of the connection itself, which carry no
+ * status from the service (a reset stream, a connection closed before the
+ * trailers).
+ */
+function resumable(err: CreditError): boolean {
+  if (err.code === Code.Unavailable) return true;
+  if (err.code === Code.ResourceExhausted) return err.domain === ERROR_DOMAIN && err.reason === "SLOW_CONSUMER";
+  const fromTransport = err.domain !== ERROR_DOMAIN && !(err instanceof InvalidResponse);
+  return fromTransport && [Code.Aborted, Code.Internal, Code.Unknown, Code.Canceled].includes(err.code);
+}
 
 const INT64_MIN = -(2n ** 63n);
 const INT64_MAX = 2n ** 63n - 1n;
@@ -753,6 +838,136 @@ export class CreditClient {
       }
       pageToken = page.nextPageToken;
     } while (pageToken !== undefined);
+  }
+
+  /**
+   * Opens a stream again and again while {@link resumable} says so: yields
+   * what `convert` makes of each message (nothing when it returns
+   * undefined), waits between connections by the retry policy, and cancels
+   * the call when the consumer stops early or `options.signal` aborts.
+   */
+  async *#watch<M, T>(
+    open: (options: { signal: AbortSignal; headers: Record<string, string> }) => AsyncIterable<M>,
+    convert: (message: M, firstOfConnection: boolean) => T | undefined,
+    options: WatchOptions,
+  ): AsyncGenerator<T, void, undefined> {
+    const policy = options.retry === undefined ? this.retryPolicy : resolveRetryPolicy({ ...this.retryPolicy, ...options.retry });
+    const resume = options.resume ?? true;
+    const signal = options.signal;
+    const headers: Record<string, string> = { ...options.headers };
+    if (this.#authorization !== undefined) headers["authorization"] = this.#authorization;
+    // Connections in a row that ended without a message (the one that had
+    // messages and then broke counts as the first).
+    let failures = 0;
+    for (;;) {
+      if (signal?.aborted) throw toCreditError(signal.reason);
+      const call = new AbortController();
+      const onAbort = () => call.abort(signal?.reason);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      let ended: CreditError | undefined; // undefined: the server ended the stream without an error
+      const messages = open({ signal: call.signal, headers })[Symbol.asyncIterator]();
+      let done = false;
+      try {
+        for (let first = true; ; first = false) {
+          let next: IteratorResult<M>;
+          try {
+            next = await messages.next();
+          } catch (reason) {
+            ended = toCreditError(reason);
+            done = true;
+            break;
+          }
+          if (next.done === true) {
+            done = true;
+            break;
+          }
+          failures = 0;
+          const item = convert(next.value, first);
+          if (item !== undefined) yield item;
+        }
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+        if (!done) {
+          // The consumer stopped early (break, return, throw): cancel the call.
+          call.abort();
+          try {
+            await messages.return?.();
+          } catch {
+            // Canceled: nothing to report.
+          }
+        }
+      }
+      if (signal?.aborted) throw ended ?? toCreditError(signal.reason);
+      if (!resume || (ended !== undefined && !resumable(ended))) {
+        if (ended !== undefined) throw ended;
+        return;
+      }
+      failures += 1;
+      if (failures >= policy.maxAttempts) {
+        throw ended ?? new Unavailable({
+          code: Code.Unavailable,
+          message: `the stream ended ${failures} times in a row without a message`,
+        });
+      }
+      try {
+        await sleep(backoffMs(policy, failures), signal);
+      } catch (aborted) {
+        throw toCreditError(aborted);
+      }
+    }
+  }
+
+  /**
+   * Streams committed transactions, in feed order, as they happen: of one
+   * user (reader role), or of every user when `userId` is omitted (admin
+   * role). Starts right after `startAfter` (a message's cursor), or from now.
+   * Heartbeats (a cursor and no transaction) come every few seconds when
+   * nothing happens. Reconnects by itself (see {@link WatchOptions.resume})
+   * from the cursor of the last message yielded, so every transaction comes
+   * exactly once; breaking out of the loop ends the stream:
+   * `for await (const { transaction, cursor } of client.watchTransactions({ userId })) ...`.
+   */
+  watchTransactions(options: WatchTransactionsOptions = {}): AsyncGenerator<FeedMessage, void, undefined> {
+    const userId = options.userId ?? "";
+    const types = [...(options.types ?? [])];
+    // Where to resume: the cursor of the last message yielded.
+    let startAfter = options.startAfter ?? "";
+    return this.#watch(
+      (o) => this.raw.watchTransactions({ userId, startAfter, types }, o),
+      (message) => {
+        if (message.cursor === "") throw new InvalidResponse("the server sent a feed message without a cursor");
+        startAfter = message.cursor;
+        return message.transaction === undefined
+          ? { cursor: message.cursor }
+          : { transaction: message.transaction, cursor: message.cursor };
+      },
+      options,
+    );
+  }
+
+  /**
+   * Streams a user's balance (what {@link getBalance} returns): the current
+   * value first, then one per change (changes close together may come as
+   * one; the last value always matches the latest committed balance).
+   * Reconnects by itself (see {@link WatchOptions.resume}); after a
+   * reconnect the current value comes again unless it equals the last one
+   * yielded. Rejects with UserNotFound for an unknown user.
+   */
+  watchBalance(userId: string, options: WatchOptions = {}): AsyncGenerator<Balance, void, undefined> {
+    let last: Balance | undefined;
+    return this.#watch(
+      (o) => this.raw.watchBalance({ userId }, o),
+      (message, firstOfConnection) => {
+        const balance = required(message.balance, "balance");
+        // A reconnect starts with the current value: skip it when nothing changed.
+        if (firstOfConnection && last !== undefined && equals(GetBalanceResponseSchema, last, balance)) {
+          return undefined;
+        }
+        last = balance;
+        return balance;
+      },
+      options,
+    );
   }
 
   /** Checks the ledger's invariants for one user, or every user when omitted (admin only). */

@@ -115,6 +115,15 @@ export class CreditError extends Error {
     return BigInt(text);
   }
 
+  /** A metadata value as a number (for counts and limits, which are small). */
+  protected numberMeta(key: string): number {
+    const text = this.metadata[key];
+    if (text === undefined || !/^\d+$/.test(text) || !Number.isSafeInteger(Number(text))) {
+      throw new TypeError(`${this.name}: ErrorInfo metadata ${key} is ${JSON.stringify(text)}, not a count`);
+    }
+    return Number(text);
+  }
+
   /** A metadata value as text ("" when absent). */
   protected textMeta(key: string): string {
     return this.metadata[key] ?? "";
@@ -313,6 +322,42 @@ export class Unavailable extends CreditError {}
 /** DATABASE_UNAVAILABLE (UNAVAILABLE): the server's database could not be reached; retryable. */
 export class DatabaseUnavailable extends Unavailable {}
 
+/**
+ * SHUTTING_DOWN (UNAVAILABLE): the server is stopping and ended the stream;
+ * reconnect (to another process) and resume from the last cursor. The
+ * watch methods do that themselves unless `resume: false`.
+ */
+export class ShuttingDown extends Unavailable {}
+
+/**
+ * SLOW_CONSUMER (RESOURCE_EXHAUSTED): the stream was cut off because its
+ * consumer read more slowly than the ledger changed; resume from the last
+ * cursor. The watch methods do that themselves unless `resume: false`.
+ */
+export class SlowConsumer extends CreditError {
+  /** How long the server waited with a full buffer, in seconds. */
+  get waitedSeconds(): number {
+    return this.numberMeta("waitedSeconds");
+  }
+}
+
+/**
+ * TOO_MANY_STREAMS (RESOURCE_EXHAUSTED): a stream limit refused a new
+ * stream (`--max-streams` per server, `--max-streams-per-key` per API key).
+ * Not retried by the watch methods: close a stream, or try later.
+ */
+export class TooManyStreams extends CreditError {
+  /** Which limit: `"streams"` (the server's) or `"streamsPerKey"` (this API key's). */
+  get resource(): string {
+    return this.textMeta("resource");
+  }
+
+  /** The limit's value. */
+  get limit(): number {
+    return this.numberMeta("limit");
+  }
+}
+
 /** INTERNAL: the server failed. */
 export class Internal extends CreditError {}
 
@@ -339,6 +384,9 @@ export const ERRORS_BY_REASON: Readonly<Record<string, ErrorClass>> = Object.fre
   DEADLINE_EXCEEDED: DeadlineExceeded,
   CONFLICT: Conflict,
   DATABASE_UNAVAILABLE: DatabaseUnavailable,
+  SHUTTING_DOWN: ShuttingDown,
+  SLOW_CONSUMER: SlowConsumer,
+  TOO_MANY_STREAMS: TooManyStreams,
   INTERNAL: Internal,
 });
 

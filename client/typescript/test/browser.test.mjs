@@ -2,7 +2,8 @@
 // node http server on 127.0.0.1) runs examples/browser.ts, bundled with
 // esbuild, against credit-server --grpc-web --grpc-web-allowed-origins
 // <page origin>, in headless Debian Chromium driven by playwright-core. The
-// result the page shows is checked against calls made from Node.
+// result the page shows is checked against calls made from Node; typed
+// errors and a server stream (watchBalance) are checked from the page too.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
@@ -145,4 +146,22 @@ test('typed errors decode in the browser (grpc-status-details-bin over gRPC-Web)
     { name: 'UserNotFound', isCreditError: true, code: 5, reason: 'USER_NOT_FOUND', available: null, fields: [] },
     { name: 'InvalidArgument', isCreditError: true, code: 3, reason: 'INVALID_ARGUMENT', available: null, fields: ['amount'] },
   ]);
+});
+
+test('watchBalance streams over gRPC-Web: the current balance first, then the change', async () => {
+  const userId = await newUser(client, 'web');
+  await client.topUp({ userId, amount: 40n });
+  await page.waitForFunction(() => window.credit !== undefined);
+  const seen = await page.evaluate(async ({ baseUrl, userId }) => {
+    const credits = window.credit.createCreditClient({ baseUrl });
+    const values = [];
+    for await (const balance of credits.watchBalance(userId)) {
+      values.push(`${balance.balance}@${balance.lastSequence}`);
+      if (values.length === 2) break; // ends the stream
+      await credits.spend({ userId, amount: 15n });
+    }
+    return values;
+  }, { baseUrl: server.baseUrl, userId });
+  assert.deepEqual(seen, ['40@1', '25@2']);
+  assert.equal((await client.getBalance(userId)).balance, 25n);
 });

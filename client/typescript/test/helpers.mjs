@@ -78,16 +78,22 @@ export function makeCerts(dir) {
  * Starts credit-server with extra `args` and extra environment variables
  * `env`; resolves once a call gets an answer from the service. `probe` makes
  * the client options for that call (plaintext by default; TLS servers need
- * their certificates).
+ * their certificates). `port` fixes the port (else a free one is picked);
+ * `dir` is a directory of the caller's for the SQLite file (credits.db) and
+ * the log, which `stop()` leaves in place, so a second server can be started
+ * on the same port and database (else a fresh one, removed by `stop()`).
+ * `stop(signal)` sends SIGTERM unless told otherwise.
  */
-export async function startServer({ args = [], env = {}, scheme = 'http', probe = (baseUrl) => ({ baseUrl }) } = {}) {
+export async function startServer({
+  args = [], env = {}, scheme = 'http', probe = (baseUrl) => ({ baseUrl }), port: fixedPort, dir: ownDir,
+} = {}) {
   const binary = serverBinary();
-  const dir = tempDir('credit-ts-server-');
+  const dir = ownDir ?? tempDir('credit-ts-server-');
   const logPath = path.join(dir, 'server.log');
   // The port is free when picked, but another process may take it before the
   // server binds; then the server exits and we try another port.
   for (let attempt = 0; attempt < 3; attempt += 1) {
-    const port = await freePort();
+    const port = fixedPort ?? await freePort();
     const baseUrl = `${scheme}://127.0.0.1:${port}`;
     const log = openSync(logPath, 'a');
     const child = spawn(binary, [
@@ -103,15 +109,15 @@ export async function startServer({ args = [], env = {}, scheme = 'http', probe 
           port,
           dir,
           log: () => readFileSync(logPath, 'utf8'),
-          stop: async () => {
+          stop: async (signal = 'SIGTERM') => {
             if (!exited) {
               const gone = new Promise((resolve) => { child.once('exit', resolve); });
-              child.kill('SIGTERM');
+              child.kill(signal);
               const killer = setTimeout(() => child.kill('SIGKILL'), 10_000);
               await gone;
               clearTimeout(killer);
             }
-            rmSync(dir, { recursive: true, force: true });
+            if (ownDir === undefined) rmSync(dir, { recursive: true, force: true });
           },
         };
       }

@@ -77,6 +77,9 @@ test('each ErrorInfo reason gets its own class', () => {
     ['DEADLINE_EXCEEDED', Code.DeadlineExceeded, credit.DeadlineExceeded],
     ['CONFLICT', Code.Aborted, credit.Conflict],
     ['DATABASE_UNAVAILABLE', Code.Unavailable, credit.DatabaseUnavailable],
+    ['SHUTTING_DOWN', Code.Unavailable, credit.ShuttingDown],
+    ['SLOW_CONSUMER', Code.ResourceExhausted, credit.SlowConsumer],
+    ['TOO_MANY_STREAMS', Code.ResourceExhausted, credit.TooManyStreams],
     ['INTERNAL', Code.Internal, credit.Internal],
   ];
   assert.deepEqual(cases.map(([reason]) => reason).sort(), Object.keys(credit.ERRORS_BY_REASON).sort());
@@ -93,6 +96,7 @@ test('each ErrorInfo reason gets its own class', () => {
     assert.ok(err.cause instanceof ConnectError);
   }
   assert.ok(toCreditError(statusError(Code.Unavailable, 'DATABASE_UNAVAILABLE')) instanceof credit.Unavailable);
+  assert.ok(toCreditError(statusError(Code.Unavailable, 'SHUTTING_DOWN')) instanceof credit.Unavailable);
 });
 
 test('typed metadata and field violations', () => {
@@ -106,6 +110,9 @@ test('typed metadata and field violations', () => {
   assert.deepEqual([refund.transactionId, refund.refundableAmount, refund.requestedAmount], ['t-1', 5n, 8n]);
   const overflow = toCreditError(statusError(Code.InvalidArgument, 'BALANCE_OVERFLOW', { balance: '1', delta: '-2' }));
   assert.deepEqual([overflow.balance, overflow.delta], [1n, -2n]);
+  const streams = toCreditError(statusError(Code.ResourceExhausted, 'TOO_MANY_STREAMS', { resource: 'streams', limit: '1000' }));
+  assert.deepEqual([streams.resource, streams.limit], ['streams', 1000]);
+  assert.equal(toCreditError(statusError(Code.ResourceExhausted, 'SLOW_CONSUMER', { waitedSeconds: '10' })).waitedSeconds, 10);
   const invalid = toCreditError(statusError(Code.InvalidArgument, 'INVALID_ARGUMENT', {},
     [{ field: 'amount', description: 'must be greater than 0' }]));
   assert.deepEqual(invalid.fieldViolations, [{ field: 'amount', description: 'must be greater than 0' }]);
