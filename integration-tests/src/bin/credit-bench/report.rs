@@ -533,7 +533,40 @@ mod tests {
             other_cpu_percent: None,
             users_checked: 1,
             invariant_violations: Vec::new(),
+            watchers: None,
+            feed: None,
         }
+    }
+
+    #[test]
+    fn feed_ratio_pairs_the_runs_with_and_without_watchers() {
+        let mut without = run(Scenario::Feed, 8, 1000.0, 2.0);
+        without.watchers = Some(0);
+        let mut with = run(Scenario::Feed, 8, 900.0, 2.5);
+        with.ops = 4500;
+        with.watchers = Some(10);
+        with.feed = Some(FeedStats {
+            watchers: 10,
+            delivered: 45_000,
+            fewest_per_watcher: 4500,
+            p50_ms: 1.0,
+            p99_ms: 5.0,
+            max_ms: 9.0,
+            reopened: 0,
+        });
+        let mut other = run(Scenario::Feed, 16, 5000.0, 2.0);
+        other.watchers = Some(0);
+        let ratios = feed_ratios(&[without, other, with.clone()]);
+        assert_eq!(ratios.len(), 1);
+        let r = &ratios[0];
+        assert!((r.with_over_without - 0.9).abs() < 1e-9, "{r:?}");
+        assert!(r.every_write_delivered);
+        if let Some(f) = with.feed.as_mut() {
+            f.fewest_per_watcher = 4499;
+        }
+        let mut without = run(Scenario::Feed, 8, 1000.0, 2.0);
+        without.watchers = Some(0);
+        assert!(!feed_ratios(&[without, with])[0].every_write_delivered);
     }
 
     #[test]
