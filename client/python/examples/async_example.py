@@ -27,6 +27,12 @@ async def main(target: str, api_key: str | None = None) -> None:
         async for tx in credits.iter_transactions(user_id, page_size=2):
             print(f"  #{tx.sequence} {tx.amount:+d} -> {tx.running_balance}")
         print("balance:", (await credits.get_balance(user_id)).balance)
+        # A balance watch: the current value first, then one per change.
+        balances = credits.watch_balance(user_id)
+        print("watched:", (await anext(balances)).available)
+        await credits.spend(user_id, 5)
+        print("watched:", (await anext(balances)).available)
+        await balances.aclose()  # cancels the call
 
 
 if __name__ == "__main__":

@@ -56,6 +56,22 @@ def main(target: str, api_key: str | None = None) -> None:
         # Operations (admin role when the server uses keys).
         print("ledger clean:", credits.verify_ledger(user_id).clean)
 
+        # Watches: transactions as they happen. From now, the first message is a
+        # heartbeat (no transaction) carrying the cursor where the feed starts.
+        feed = credits.watch_transactions(user_id, types=["GRANT"])
+        start = next(feed)
+        credits.grant(user_id, 3, reason="watched")
+        for message in feed:
+            if message.transaction is not None:
+                print("watched grant:", message.transaction.amount)
+                break
+        feed.close()  # cancels the call
+        # Later (after a crash, in another process): everything after a cursor, once.
+        resumed = credits.watch_transactions(user_id, start_after=start.cursor)
+        replayed = next(m for m in resumed if m.transaction is not None)
+        resumed.close()
+        print("resumed at the grant:", replayed.transaction == message.transaction)
+
 
 if __name__ == "__main__":
     main(

@@ -60,10 +60,13 @@ def _wait_serving(
     deadline: float,
     credentials: grpc.ChannelCredentials | None,
 ) -> bool:
+    # Polled from before the server listens: the channel's reconnect backoff
+    # (1 s at first by default) would make every start take a second.
+    options = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 100)]
     channel = (
-        grpc.insecure_channel(target)
+        grpc.insecure_channel(target, options)
         if credentials is None
-        else grpc.secure_channel(target, credentials)
+        else grpc.secure_channel(target, credentials, options)
     )
     with channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -102,14 +105,17 @@ def start_server(
     workdir: Path,
     *args: str,
     health_credentials: grpc.ChannelCredentials | None = None,
+    port: int | None = None,
 ) -> Server:
-    """Starts credit-server with ``args`` on a free port; waits until it serves."""
+    """Starts credit-server with ``args`` on a free port (or ``port``) and the
+    SQLite file ``workdir/credits.db``; waits until it serves. The same
+    ``workdir`` and ``port`` again restart a stopped server on its data."""
     binary = server_binary()
     log_path = workdir / "server.log"
     # The port is free when picked but another process may take it before the
     # server binds; then the server exits and we try another port.
-    for _ in range(3):
-        target = f"127.0.0.1:{_free_port()}"
+    for _ in range(3 if port is None else 1):
+        target = f"127.0.0.1:{_free_port() if port is None else port}"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 [
@@ -367,11 +373,18 @@ class AsyncAdapter:
         return call
 
     def _iterate(self, items: AsyncIterator[Any]) -> Iterator[Any]:
-        while True:
-            try:
-                yield self.loop.run_until_complete(items.__anext__())
-            except StopAsyncIteration:
-                return
+        try:
+            while True:
+                try:
+                    yield self.loop.run_until_complete(items.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            # Closing the plain iterator closes the async one (a watch then
+            # cancels its call), as leaving ``async for`` early would.
+            close = getattr(items, "aclose", None)
+            if close is not None and not self.loop.is_closed():
+                self.loop.run_until_complete(close())
 
     def close(self) -> None:
         self.loop.run_until_complete(self.client.close())

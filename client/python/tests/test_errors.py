@@ -89,6 +89,19 @@ REASONS: dict[str, tuple[grpc.StatusCode, type[CreditError], dict[str, str], boo
     "CONFLICT": (grpc.StatusCode.ABORTED, credit_client.Conflict, {}, True),
     "DATABASE_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, credit_client.DatabaseUnavailable, {}, True),
     "INTERNAL": (grpc.StatusCode.INTERNAL, credit_client.Internal, {}, False),
+    "SHUTTING_DOWN": (grpc.StatusCode.UNAVAILABLE, credit_client.ShuttingDown, {}, True),
+    "SLOW_CONSUMER": (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        credit_client.SlowConsumer,
+        {"waitedSeconds": "10"},
+        True,
+    ),
+    "TOO_MANY_STREAMS": (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        credit_client.TooManyStreams,
+        {"resource": "streamsPerKey", "limit": "100"},
+        False,
+    ),
 }
 
 
@@ -159,6 +172,14 @@ def test_typed_metadata_attributes() -> None:
     overflow = make("BALANCE_OVERFLOW")
     assert isinstance(overflow, credit_client.BalanceOverflow)
     assert (overflow.balance, overflow.delta) == (9, 2)
+    slow = make("SLOW_CONSUMER")
+    assert isinstance(slow, credit_client.SlowConsumer)
+    assert slow.waited_seconds == 10
+    streams = make("TOO_MANY_STREAMS")
+    assert isinstance(streams, credit_client.TooManyStreams)
+    assert (streams.resource, streams.limit) == ("streamsPerKey", 100)
+    # A shutdown is an Unavailable: ``except Unavailable`` catches it too.
+    assert isinstance(make("SHUTTING_DOWN"), credit_client.Unavailable)
 
 
 def test_bad_request_violations() -> None:

@@ -29,6 +29,7 @@ def test_sync_example(server_target: str) -> None:
     out = run("sync_example.py", server_target)
     assert "refused: INSUFFICIENT_BALANCE, 86 available" in out
     assert "refused: REFUND_EXCEEDS_ORIGINAL, 25 refundable" in out
+    assert "watched grant: 3\nresumed at the grant: True\n" in out
     assert "ledger clean: True" in out
 
 
@@ -61,7 +62,34 @@ def test_async_example(server_target: str) -> None:
     out = run("async_example.py", server_target)
     assert "balances after spends: [70, 80, 90]" in out
     assert "refused: INSUFFICIENT_BALANCE, 70 available" in out
-    assert "balance: 70" in out
+    assert "balance: 70\nwatched: 70\nwatched: 65\n" in out
+
+
+def test_auto_topup_example(server_target: str) -> None:
+    out = run("auto_topup.py", server_target)
+    assert out.splitlines() == [
+        "available 15 < 20 after #2: topped up 100 -> 115",
+        "available 15 < 20 after #4: topped up 100 -> 115",
+        "balance 115 after 2 top-ups",
+        "replayed top-up applied once: True",
+    ]
+
+
+def test_auto_topup_example_watches_a_given_user(server_target: str) -> None:
+    from credit_client import CreditClient
+
+    user_id = f"py-{uuid.uuid4()}"
+    with CreditClient(server_target) as credits:
+        credits.create_user(user_id, f"{user_id}@example.com")
+        credits.top_up(user_id, 5)
+        args = ("--user", user_id, "--threshold", "10", "--amount", "50", "--max-top-ups", "1")
+        out = run("auto_topup.py", server_target, *args)
+        assert out.strip() == "available 5 < 10 after #1: topped up 50 -> 55"
+        # The key names the state that was too low (after #1), so a restart
+        # that saw it again would send the same one.
+        top_up = next(credits.iter_transactions(user_id, types=["TOP_UP"]))
+        assert top_up.idempotency_key == f"auto-top-up:{user_id}:1"
+        assert credits.get_balance(user_id).balance == 55
 
 
 def test_tls_example(tls_server: Server) -> None:

@@ -33,11 +33,22 @@ def test_every_rpc_has_a_method_on_both_clients() -> None:
                 missing.append(f"{cls.__name__}.{name} (for rpc {method.name})")
         async_method = getattr(AsyncCreditClient, name, None)
         if async_method is not None:
-            assert inspect.iscoroutinefunction(async_method), f"AsyncCreditClient.{name} is not async"
+            if method.server_streaming:
+                # A stream is an async iterator: ``async for m in client.watch_...()``.
+                assert inspect.isasyncgenfunction(async_method), (
+                    f"AsyncCreditClient.{name} is not an async generator"
+                )
+                assert inspect.isgeneratorfunction(getattr(CreditClient, name)), name
+            else:
+                assert inspect.iscoroutinefunction(async_method), (
+                    f"AsyncCreditClient.{name} is not async"
+                )
     assert not missing, "RPCs without a client method: " + ", ".join(missing)
-    assert len(service.methods) >= 16
+    assert len(service.methods) >= 18
     # The latest RPCs, so a stale generated module fails here too.
-    assert {"Reserve", "ListHolds", "ListLots"} <= set(service.methods_by_name)
+    assert {"Reserve", "ListHolds", "ListLots", "WatchTransactions", "WatchBalance"} <= set(
+        service.methods_by_name
+    )
 
 
 def test_both_clients_have_the_same_methods_and_parameters() -> None:
@@ -49,7 +60,8 @@ def test_both_clients_have_the_same_methods_and_parameters() -> None:
         }
 
     assert public(CreditClient) == public(AsyncCreditClient)
-    for name in ("iter_transactions", "iter_holds", "iter_lots"):
+    iterators = ("iter_transactions", "iter_holds", "iter_lots", "watch_transactions", "watch_balance")
+    for name in iterators:
         assert inspect.isasyncgenfunction(getattr(AsyncCreditClient, name)), name
     assert "next_page_token" in credit_pb2.ListTransactionsResponse.DESCRIPTOR.fields_by_name
 

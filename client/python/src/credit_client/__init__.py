@@ -17,7 +17,9 @@ write twice. Holds (``reserve`` an estimate, ``capture`` the real cost or
 ``release``) charge for work whose cost is known only afterwards. Credits
 come in lots (``top_up`` and ``grant`` take ``expire_time`` and
 ``priority``, ``grant`` a ``category``; ``list_lots`` and ``iter_lots`` list
-them in draw order). Failures raise a :class:`CreditError` subclass picked by
+them in draw order). ``watch_transactions`` follows the ledger as it changes
+(resuming after a cursor, reconnecting by itself) and ``watch_balance`` a
+user's balance. Failures raise a :class:`CreditError` subclass picked by
 the server's google.rpc.ErrorInfo reason. The generated messages are in
 ``credit_client.v1.credit_pb2`` (also exported here as ``pb``).
 """
@@ -46,6 +48,9 @@ from ._errors import (
     Overloaded,
     PermissionDenied,
     RefundExceedsOriginal,
+    ShuttingDown,
+    SlowConsumer,
+    TooManyStreams,
     TransactionNotFound,
     Unauthenticated,
     Unavailable,
@@ -65,6 +70,7 @@ from ._requests import (
 )
 from ._retry import RETRYABLE_CODES, RetryPolicy
 from ._sync import CreditClient
+from ._watch import FeedMessage
 from .v1 import credit_pb2 as pb
 from .v1 import credit_pb2_grpc as pb_grpc
 
@@ -84,6 +90,7 @@ __all__ = [
     "DatabaseUnavailable",
     "DeadlineExceeded",
     "EmailAlreadyExists",
+    "FeedMessage",
     "FieldViolation",
     "HoldExpired",
     "HoldNotActive",
@@ -100,8 +107,11 @@ __all__ = [
     "PermissionDenied",
     "RefundExceedsOriginal",
     "RetryPolicy",
+    "ShuttingDown",
+    "SlowConsumer",
     "TimeLike",
     "TlsConfig",
+    "TooManyStreams",
     "TransactionNotFound",
     "TransactionTypeLike",
     "TtlLike",

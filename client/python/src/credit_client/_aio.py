@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -22,6 +22,7 @@ from ._requests import (
     Usage,
 )
 from ._retry import RetryPolicy, is_retryable
+from ._watch import FeedMessage, Reconnects, TransactionFeed
 from .v1 import credit_pb2 as pb
 from .v1 import credit_pb2_grpc as pb_grpc
 
@@ -380,6 +381,80 @@ class AsyncCreditClient:
             for lot in page.lots:
                 yield lot
             request = req.next_lot_page(request, page)
+
+    # --- watches ---------------------------------------------------------
+
+    async def watch_transactions(
+        self,
+        user_id: str | None = None,
+        *,
+        start_after: str | None = None,
+        types: Iterable[TransactionTypeLike] | None = None,
+        resume: bool = True,
+    ) -> AsyncGenerator[FeedMessage, None]:
+        """Every transaction committed for ``user_id`` (None: every user, admin
+        role only), in feed order, as it happens: :class:`FeedMessage` objects
+        with ``.transaction`` (None in a heartbeat, sent every few seconds when
+        nothing happens) and ``.cursor``. Starts right after ``start_after`` (a
+        cursor of an earlier message) or, without it, from now; ``types``
+        keeps only those transaction types.
+
+        The call starts when the first message is asked for and lasts until
+        the generator is closed (``aclose()``, or dropped after a ``break``) or
+        its task is cancelled, which cancels it; it has no deadline. With
+        ``resume`` it reconnects by itself when the server ends it (shutting
+        down, a transport failure, a consumer too slow), right after the last
+        cursor yielded, so nothing is missed or repeated; the waits follow the
+        client's retry policy, and the last error is raised once the policy's
+        attempts pass without a message. Other failures raise at once
+        (InvalidArgument for a bad cursor, PermissionDenied, TooManyStreams,
+        ...)."""
+        feed = TransactionFeed(req.watch_transactions(user_id, start_after, types))
+        reconnects = Reconnects(self._retry, resume)
+        while True:
+            call = self._stub.WatchTransactions(feed.request(), metadata=self._metadata)
+            failure: grpc.aio.AioRpcError | None = None
+            try:
+                async for response in call:
+                    reconnects.progressed()
+                    yield feed.message(response)
+            except grpc.aio.AioRpcError as err:
+                failure = err
+            finally:
+                call.cancel()  # a no-op once the stream ended; stops it when closed early
+            wait = reconnects.wait(failure)
+            if wait is None:
+                return
+            await asyncio.sleep(wait)
+
+    async def watch_balance(
+        self, user_id: str, *, resume: bool = True
+    ) -> AsyncGenerator[pb.GetBalanceResponse, None]:
+        """The user's balance (the same message :meth:`get_balance` returns): the
+        current value first, then one per change (changes close together may
+        come as one; the last always matches the latest committed balance).
+
+        Like :meth:`watch_transactions`: it starts on the first read, has no
+        deadline, is cancelled when the iterator is closed and, with
+        ``resume``, reconnects by itself (starting again with the current
+        value); raises UserNotFound for an unknown user."""
+        request = req.watch_balance(user_id)
+        reconnects = Reconnects(self._retry, resume)
+        while True:
+            call = self._stub.WatchBalance(request, metadata=self._metadata)
+            failure: grpc.aio.AioRpcError | None = None
+            try:
+                async for response in call:
+                    reconnects.progressed()
+                    yield response.balance
+            except grpc.aio.AioRpcError as err:
+                failure = err
+            finally:
+                call.cancel()
+            wait = reconnects.wait(failure)
+            if wait is None:
+                return
+            await asyncio.sleep(wait)
 
     # --- operations ------------------------------------------------------
 

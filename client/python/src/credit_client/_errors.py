@@ -43,6 +43,9 @@ __all__ = [
     "Overloaded",
     "PermissionDenied",
     "RefundExceedsOriginal",
+    "ShuttingDown",
+    "SlowConsumer",
+    "TooManyStreams",
     "TransactionNotFound",
     "Unauthenticated",
     "Unavailable",
@@ -339,6 +342,50 @@ class DatabaseUnavailable(Unavailable):
     REASON = "DATABASE_UNAVAILABLE"
 
 
+class ShuttingDown(Unavailable):
+    """The server is shutting down and ended the stream (or refused the call);
+    reconnect, to another server process if there is one. Watches with
+    ``resume=True`` reconnect by themselves."""
+
+    REASON = "SHUTTING_DOWN"
+
+
+class SlowConsumer(CreditError):
+    """The server ended a stream because its consumer read too slowly: the
+    stream's buffer stayed full for ``waited_seconds`` (RESOURCE_EXHAUSTED).
+    Resume with the last cursor processed; watches with ``resume=True`` do so
+    by themselves."""
+
+    REASON = "SLOW_CONSUMER"
+    REQUIRED_METADATA = ("waitedSeconds",)
+    RETRYABLE = True
+
+    @property
+    def waited_seconds(self) -> int:
+        """How long the server waited for the consumer before it gave up."""
+        return self._int("waitedSeconds")
+
+
+class TooManyStreams(CreditError):
+    """A stream limit refused a new watch (RESOURCE_EXHAUSTED): ``resource`` is
+    "streams" (the server's limit) or "streamsPerKey" (the limit of one API
+    key), ``limit`` how many streams it allows. Close a stream, or try again
+    later; watches raise it at once instead of reconnecting."""
+
+    REASON = "TOO_MANY_STREAMS"
+    REQUIRED_METADATA = ("resource", "limit")
+
+    @property
+    def resource(self) -> str:
+        """Which limit was reached: "streams" or "streamsPerKey"."""
+        return self.metadata["resource"]
+
+    @property
+    def limit(self) -> int:
+        """How many open streams the limit allows."""
+        return self._int("limit")
+
+
 class Internal(CreditError):
     """The server failed; the request may be retried later."""
 
@@ -367,6 +414,9 @@ _BY_REASON: dict[str, type[CreditError]] = {
         DeadlineExceeded,
         Conflict,
         DatabaseUnavailable,
+        ShuttingDown,
+        SlowConsumer,
+        TooManyStreams,
         Internal,
     )
 }
@@ -461,7 +511,16 @@ def from_rpc_error(err: grpc.RpcError | grpc.aio.AioRpcError) -> CreditError:
 
 
 # Metadata keys whose values are text; the others the classes read are numbers.
-_TEXT_KEYS = ("userId", "transactionId", "email", "idempotencyKey", "transactionType", "holdId", "state")
+_TEXT_KEYS = (
+    "userId",
+    "transactionId",
+    "email",
+    "idempotencyKey",
+    "transactionType",
+    "holdId",
+    "state",
+    "resource",
+)
 
 
 def _metadata_complete(cls: type[CreditError], metadata: Mapping[str, str]) -> bool:

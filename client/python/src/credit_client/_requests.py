@@ -351,3 +351,32 @@ def next_page(
     following.CopyFrom(request)
     following.page_token = token
     return following
+
+
+def watch_transactions(
+    user_id: str | None,
+    start_after: str | None,
+    types: Iterable[TransactionTypeLike] | None,
+) -> pb.WatchTransactionsRequest:
+    # An empty user_id watches every user (the server asks for the admin role).
+    return pb.WatchTransactionsRequest(
+        user_id=user_id or "",
+        start_after=start_after or "",
+        types=[transaction_type(t) for t in types or ()],
+    )
+
+
+def watch_from(
+    request: pb.WatchTransactionsRequest, cursor: str
+) -> pb.WatchTransactionsRequest:
+    """``request`` resumed right after ``cursor`` ("" keeps the request's own start)."""
+    if not cursor or cursor == request.start_after:
+        return request
+    resumed = pb.WatchTransactionsRequest()
+    resumed.CopyFrom(request)
+    resumed.start_after = cursor
+    return resumed
+
+
+def watch_balance(user_id: str) -> pb.WatchBalanceRequest:
+    return pb.WatchBalanceRequest(user_id=user_id)

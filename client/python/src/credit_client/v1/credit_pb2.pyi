@@ -1715,3 +1715,116 @@ class ListLotsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLotsResponse: _TypeAlias = ListLotsResponse  # noqa: Y015
+
+@_typing.final
+class WatchTransactionsRequest(_message.Message):
+    """Request for WatchTransactions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    START_AFTER_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user to watch; empty: every user (needs the admin role)."""
+    start_after: _builtins.str
+    """Start right after this cursor (from an earlier message of this feed);
+    empty: from now (only transactions committed after the call).
+    """
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[Global___TransactionType.ValueType]:
+        """Only these types; empty: every type. A heartbeat's cursor still
+        advances past transactions of other types.
+        """
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        start_after: _builtins.str = ...,
+        types: _abc.Iterable[Global___TransactionType.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["start_after", b"start_after", "types", b"types", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransactionsRequest: _TypeAlias = WatchTransactionsRequest  # noqa: Y015
+
+@_typing.final
+class WatchTransactionsResponse(_message.Message):
+    """One message of WatchTransactions: a transaction, or a heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Opaque position in the feed: resume with start_after = cursor to get
+    everything after this message exactly once. A heartbeat's cursor says
+    that nothing (matching the request) was committed up to it.
+    """
+    @_builtins.property
+    def transaction(self) -> Global___Transaction:
+        """The transaction; unset in a heartbeat."""
+
+    def __init__(
+        self,
+        *,
+        transaction: Global___Transaction | None = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransactionsResponse: _TypeAlias = WatchTransactionsResponse  # noqa: Y015
+
+@_typing.final
+class WatchBalanceRequest(_message.Message):
+    """Request for WatchBalance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user to watch."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchBalanceRequest: _TypeAlias = WatchBalanceRequest  # noqa: Y015
+
+@_typing.final
+class WatchBalanceResponse(_message.Message):
+    """One message of WatchBalance: the user's balance at one point."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance(self) -> Global___GetBalanceResponse:
+        """The balance, with the same fields as GetBalance answers."""
+
+    def __init__(
+        self,
+        *,
+        balance: Global___GetBalanceResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchBalanceResponse: _TypeAlias = WatchBalanceResponse  # noqa: Y015

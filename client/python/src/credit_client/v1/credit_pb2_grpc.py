@@ -125,6 +125,16 @@ class CreditServiceStub:
                 request_serializer=credit_dot_v1_dot_credit__pb2.ListLotsRequest.SerializeToString,
                 response_deserializer=credit_dot_v1_dot_credit__pb2.ListLotsResponse.FromString,
                 _registered_method=True)
+        self.WatchTransactions = channel.unary_stream(
+                '/credit.v1.CreditService/WatchTransactions',
+                request_serializer=credit_dot_v1_dot_credit__pb2.WatchTransactionsRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.WatchTransactionsResponse.FromString,
+                _registered_method=True)
+        self.WatchBalance = channel.unary_stream(
+                '/credit.v1.CreditService/WatchBalance',
+                request_serializer=credit_dot_v1_dot_credit__pb2.WatchBalanceRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.WatchBalanceResponse.FromString,
+                _registered_method=True)
 
 
 class CreditServiceServicer:
@@ -265,6 +275,26 @@ class CreditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTransactions(self, request, context):
+        """Streams every committed transaction of one user (reader role) or of
+        every user (admin role), in feed order, starting right after a cursor
+        (or from now), with a heartbeat at least every few seconds. Resuming from
+        the last cursor received gives every later transaction exactly once, on
+        any server process over the same database.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBalance(self, request, context):
+        """Streams a user's balance: the current value first, then one message per
+        change (changes may be coalesced; the last message always matches the
+        latest committed balance).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -347,6 +377,16 @@ def add_CreditServiceServicer_to_server(servicer, server):
                     servicer.ListLots,
                     request_deserializer=credit_dot_v1_dot_credit__pb2.ListLotsRequest.FromString,
                     response_serializer=credit_dot_v1_dot_credit__pb2.ListLotsResponse.SerializeToString,
+            ),
+            'WatchTransactions': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTransactions,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.WatchTransactionsRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.WatchTransactionsResponse.SerializeToString,
+            ),
+            'WatchBalance': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBalance,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.WatchBalanceRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.WatchBalanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -792,6 +832,60 @@ class CreditService:
             '/credit.v1.CreditService/ListLots',
             credit_dot_v1_dot_credit__pb2.ListLotsRequest.SerializeToString,
             credit_dot_v1_dot_credit__pb2.ListLotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/credit.v1.CreditService/WatchTransactions',
+            credit_dot_v1_dot_credit__pb2.WatchTransactionsRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.WatchTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/credit.v1.CreditService/WatchBalance',
+            credit_dot_v1_dot_credit__pb2.WatchBalanceRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.WatchBalanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

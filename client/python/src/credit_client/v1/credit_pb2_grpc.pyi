@@ -94,6 +94,18 @@ class CreditServiceStub:
     """Lists a user's lots in the order spends draw from them: priority (lower
     first), then soonest expiry (never-expiring last), then oldest.
     """
+    WatchTransactions: _grpc.UnaryStreamMultiCallable[_credit_pb2.WatchTransactionsRequest, _credit_pb2.WatchTransactionsResponse]
+    """Streams every committed transaction of one user (reader role) or of
+    every user (admin role), in feed order, starting right after a cursor
+    (or from now), with a heartbeat at least every few seconds. Resuming from
+    the last cursor received gives every later transaction exactly once, on
+    any server process over the same database.
+    """
+    WatchBalance: _grpc.UnaryStreamMultiCallable[_credit_pb2.WatchBalanceRequest, _credit_pb2.WatchBalanceResponse]
+    """Streams a user's balance: the current value first, then one message per
+    change (changes may be coalesced; the last message always matches the
+    latest committed balance).
+    """
 
 @_typing.type_check_only
 class CreditServiceAsyncStub(CreditServiceStub):
@@ -160,6 +172,18 @@ class CreditServiceAsyncStub(CreditServiceStub):
     ListLots: _aio.UnaryUnaryMultiCallable[_credit_pb2.ListLotsRequest, _credit_pb2.ListLotsResponse]  # type: ignore[assignment]
     """Lists a user's lots in the order spends draw from them: priority (lower
     first), then soonest expiry (never-expiring last), then oldest.
+    """
+    WatchTransactions: _aio.UnaryStreamMultiCallable[_credit_pb2.WatchTransactionsRequest, _credit_pb2.WatchTransactionsResponse]  # type: ignore[assignment]
+    """Streams every committed transaction of one user (reader role) or of
+    every user (admin role), in feed order, starting right after a cursor
+    (or from now), with a heartbeat at least every few seconds. Resuming from
+    the last cursor received gives every later transaction exactly once, on
+    any server process over the same database.
+    """
+    WatchBalance: _aio.UnaryStreamMultiCallable[_credit_pb2.WatchBalanceRequest, _credit_pb2.WatchBalanceResponse]  # type: ignore[assignment]
+    """Streams a user's balance: the current value first, then one message per
+    change (changes may be coalesced; the last message always matches the
+    latest committed balance).
     """
 
 class CreditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -320,6 +344,30 @@ class CreditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_credit_pb2.ListLotsResponse, _abc.Awaitable[_credit_pb2.ListLotsResponse]]:
         """Lists a user's lots in the order spends draw from them: priority (lower
         first), then soonest expiry (never-expiring last), then oldest.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTransactions(
+        self,
+        request: _credit_pb2.WatchTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_credit_pb2.WatchTransactionsResponse], _abc.AsyncIterator[_credit_pb2.WatchTransactionsResponse]]:
+        """Streams every committed transaction of one user (reader role) or of
+        every user (admin role), in feed order, starting right after a cursor
+        (or from now), with a heartbeat at least every few seconds. Resuming from
+        the last cursor received gives every later transaction exactly once, on
+        any server process over the same database.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchBalance(
+        self,
+        request: _credit_pb2.WatchBalanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_credit_pb2.WatchBalanceResponse], _abc.AsyncIterator[_credit_pb2.WatchBalanceResponse]]:
+        """Streams a user's balance: the current value first, then one message per
+        change (changes may be coalesced; the last message always matches the
+        latest committed balance).
         """
 
 def add_CreditServiceServicer_to_server(servicer: CreditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
