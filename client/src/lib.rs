@@ -26,6 +26,10 @@
 //!   committed transaction once, resumable from a cursor) and
 //!   [`CreditClient::watch_balance`], as streams that reopen by themselves
 //!   after a lost connection or a server restart.
+//! - Low-balance alerts: [`CreditClient::set_balance_alert`]; each
+//!   downward crossing is one [`AlertEvent`] (in the feed with
+//!   [`FeedContent::AlertEvents`], and [`CreditClient::list_alert_events`])
+//!   whose id makes a safe idempotency key for the top-up it leads to.
 //! - [`CreditClient::verify_ledger`]: the server's check of the ledger's
 //!   invariants (admin).
 //! - Typed errors ([`Error`]) read from the server's `google.rpc` details.
@@ -68,6 +72,7 @@
 
 #![warn(missing_docs)]
 
+mod alerts;
 mod client;
 mod config;
 mod error;
@@ -83,6 +88,7 @@ mod verify;
 mod watch;
 mod writes;
 
+pub use alerts::{AlertEvent, AlertEventPage, BalanceAlert, ListAlertEvents, SetBalanceAlert};
 pub use client::CreditClient;
 pub use config::{
     ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, TlsConfig, parse_endpoint,
@@ -96,7 +102,7 @@ pub use model::{Allocation, Balance, Receipt, Transaction, TransactionType, Usag
 pub use retry::RetryPolicy;
 pub use users::CreateUser;
 pub use verify::{LedgerReport, LedgerViolation};
-pub use watch::{FeedMessage, WatchBalance, WatchTransactions};
+pub use watch::{FeedContent, FeedMessage, WatchBalance, WatchTransactions};
 pub use writes::{Grant, Refund, Spend, TopUp, Write, WriteOp, new_idempotency_key};
 
 /// Every RPC of `credit.v1.CreditService` and the [`CreditClient`] method
@@ -125,6 +131,9 @@ pub const RPC_METHODS: &[(&str, &str)] = &[
     ("ListLots", "list_lots"),
     ("WatchTransactions", "watch_transactions"),
     ("WatchBalance", "watch_balance"),
+    ("SetBalanceAlert", "set_balance_alert"),
+    ("DeleteBalanceAlert", "delete_balance_alert"),
+    ("ListAlertEvents", "list_alert_events"),
 ];
 
 /// The generated `credit.v1` messages and client, for what this crate does
@@ -167,6 +176,9 @@ mod tests {
             list_lots("u"),
             watch_transactions("u"),
             watch_balance("u"),
+            set_balance_alert("u", 1),
+            delete_balance_alert("u", "alert"),
+            list_alert_events("u"),
         );
         for (rpc, method) in RPC_METHODS {
             assert!(

@@ -70,6 +70,9 @@ pub struct Balance {
     /// How many credits expire at `next_expire_time` (0 when none will).
     #[serde(serialize_with = "proto_json::int64")]
     pub next_expiring_amount: i64,
+    /// The user's low-balance alerts in force, lowest threshold first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<crate::BalanceAlert>,
 }
 
 /// The kind of a balance change.
@@ -404,6 +407,11 @@ impl TryFrom<pb::GetBalanceResponse> for Balance {
                 .map(|t| time(Some(t), "next_expire_time"))
                 .transpose()?,
             next_expiring_amount: b.next_expiring_amount,
+            alerts: b
+                .alerts
+                .into_iter()
+                .map(crate::BalanceAlert::try_from)
+                .collect::<Result<_, _>>()?,
         })
     }
 }

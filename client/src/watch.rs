@@ -20,7 +20,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::{Balance, CreditClient, Error, RetryPolicy, Transaction, TransactionType};
+use crate::{AlertEvent, Balance, CreditClient, Error, RetryPolicy, Transaction, TransactionType};
 
 /// One message of the transaction feed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,10 +30,26 @@ pub struct FeedMessage {
     /// matching was committed, and one first of all).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transaction: Option<Transaction>,
+    /// A low-balance alert event (only with [`WatchTransactions::content`]
+    /// asking for them); it follows the transaction that crossed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_event: Option<AlertEvent>,
     /// Where this message is in the feed: store it after processing the
     /// message, and pass it to [`WatchTransactions::start_after`] to go on
     /// from there (after a restart, on any server process).
     pub cursor: String,
+}
+
+/// What a transaction feed carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeedContent {
+    /// Transactions (and heartbeats).
+    #[default]
+    Transactions,
+    /// Transactions and low-balance alert events.
+    TransactionsAndAlertEvents,
+    /// Alert events only.
+    AlertEvents,
 }
 
 /// A watch of committed transactions, to configure and then
@@ -60,6 +76,16 @@ impl WatchTransactions<'_> {
         self
     }
 
+    /// What the feed carries (default: transactions only).
+    pub fn content(mut self, content: FeedContent) -> Self {
+        self.message.content = match content {
+            FeedContent::Transactions => pb::FeedContent::Unspecified,
+            FeedContent::TransactionsAndAlertEvents => pb::FeedContent::TransactionsAndAlertEvents,
+            FeedContent::AlertEvents => pb::FeedContent::AlertEvents,
+        } as i32;
+        self
+    }
+
     /// Whether to reopen the stream after it ends or fails transiently
     /// (default: yes). With `false` the stream ends where the server's does.
     pub fn resume(mut self, resume: bool) -> Self {
@@ -83,6 +109,7 @@ impl WatchTransactions<'_> {
             |message| {
                 Ok(FeedMessage {
                     transaction: message.transaction.map(Transaction::try_from).transpose()?,
+                    alert_event: message.alert_event.map(AlertEvent::try_from).transpose()?,
                     cursor: message.cursor,
                 })
             },

@@ -32,6 +32,9 @@ const CLI_COMMANDS: &[(&str, &str)] = &[
     ("ListHolds", "hold list"),
     ("ListLots", "lots"),
     ("WatchTransactions", "watch"),
+    ("SetBalanceAlert", "alert set"),
+    ("DeleteBalanceAlert", "alert delete"),
+    ("ListAlertEvents", "alert events"),
 ];
 
 /// Python methods whose names are not the RPC's in snake_case.

@@ -196,6 +196,7 @@ async fn legacy_balances_survive_up_down_up(test_db: &TestDb) -> anyhow::Result<
     // Step 7 down: the sweeper's indexes go, the lots stay.
     let transactions = ctx_count(&db).await?;
     let schema = SchemaManager::new(&db);
+    down_balance_alerts(&db, &schema).await?;
     down_change_feed(&db, &schema).await?;
     down_expiry_indexes(&db, &schema).await?;
     // Step 6 down: lots go, every transaction and balance stays.
@@ -666,6 +667,7 @@ async fn balances_become_lots_up_down_up(test_db: &TestDb) -> anyhow::Result<()>
 
     // Down: the sweeper's indexes, then the lots, allocations and new
     // columns go; the balances, holds and transactions stay.
+    down_balance_alerts(&db, &schema).await?;
     down_change_feed(&db, &schema).await?;
     down_expiry_indexes(&db, &schema).await?;
     Migrator::down(&db, Some(1)).await?;
@@ -699,6 +701,31 @@ async fn balances_become_lots_up_down_up(test_db: &TestDb) -> anyhow::Result<()>
     check_lots(&db, &seeds).await?;
     ensure!(raw_balances(&db).await? == before, "balances unchanged");
     db.close().await?;
+    Ok(())
+}
+
+/// Step 9 made the alert tables and every user's alert count (0); its down
+/// takes them away again.
+async fn down_balance_alerts(
+    db: &sea_orm::DatabaseConnection,
+    schema: &SchemaManager<'_>,
+) -> anyhow::Result<()> {
+    for table in ["balance_alert", "alert_event"] {
+        ensure!(schema.has_table(table).await?, "step 9 made {table}");
+    }
+    use credit_server::entity::user_balance;
+    let counts: Vec<i64> = user_balance::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|b| b.alert_count)
+        .collect();
+    ensure!(counts.iter().all(|c| *c == 0), "alert counts {counts:?}");
+    Migrator::down(db, Some(1)).await?;
+    for table in ["balance_alert", "alert_event"] {
+        ensure!(!schema.has_table(table).await?, "{table} left behind");
+    }
+    ensure!(!schema.has_column("user_balance", "alert_count").await?);
     Ok(())
 }
 

@@ -29,6 +29,7 @@ async fn watch(
         user_id: user_id.into(),
         start_after: start_after.into(),
         types: vec![],
+        ..Default::default()
     })
     .await?
     .into_inner())
@@ -147,6 +148,7 @@ async fn the_all_users_feed_filters_by_type_and_starts_from_now(
             user_id: String::new(),
             start_after: String::new(),
             types: vec![pb::TransactionType::Usage as i32],
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -229,6 +231,7 @@ async fn bad_watch_requests_are_refused_clearly(server: &TestServer) -> anyhow::
                 user_id: "x1".into(),
                 start_after: cursor.into(),
                 types: vec![],
+                ..Default::default()
             })
             .await;
         let status = api::assert_error(
@@ -246,6 +249,7 @@ async fn bad_watch_requests_are_refused_clearly(server: &TestServer) -> anyhow::
             user_id: "x1".into(),
             start_after: String::new(),
             types: vec![0],
+            ..Default::default()
         })
         .await;
     let status = api::assert_error(

@@ -238,6 +238,7 @@ async fn consume(
                 user_id: String::new(),
                 start_after: cursor.clone(),
                 types: vec![],
+                ..Default::default()
             })
             .await;
         let mut stream = match stream {
@@ -306,6 +307,7 @@ async fn limits_on(server: &mut ServerProcess) -> anyhow::Result<()> {
                 user_id: "l1".into(),
                 start_after: "f1.0".into(),
                 types: vec![],
+                ..Default::default()
             })
             .await
         }

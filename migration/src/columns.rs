@@ -117,6 +117,41 @@ pub enum UserBalance {
     Deficit,
     LotsExpireAt,
     LotsSinceSequence,
+    /// Added by step 9: balance alerts in force; a user with none needs no
+    /// alert lookups on its write path.
+    AlertCount,
+}
+
+/// The `balance_alert` table (step 9).
+#[derive(DeriveIden)]
+pub enum BalanceAlert {
+    Table,
+    Id,
+    UserId,
+    Threshold,
+    Armed,
+    IdempotencyKey,
+    CreatedAt,
+    CreatedSequence,
+    CreatedArmed,
+    DeletedAt,
+    DeletedSequence,
+}
+
+/// The `alert_event` table (step 9).
+#[derive(DeriveIden)]
+pub enum AlertEvent {
+    Table,
+    Id,
+    AlertId,
+    UserId,
+    Threshold,
+    BalanceBefore,
+    BalanceAfter,
+    TransactionId,
+    Sequence,
+    CreatedAt,
+    FeedPosition,
 }
 
 /// The `credit_hold` table (step 5).

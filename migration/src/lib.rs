@@ -20,6 +20,7 @@ mod m20261130_000005_holds;
 mod m20261201_000006_lots;
 mod m20261202_000007_expiry_indexes;
 mod m20261203_000008_change_feed;
+mod m20261203_000009_balance_alerts;
 
 /// Runs the ledger's migrations in order.
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_lots::Migration),
             Box::new(m20261202_000007_expiry_indexes::Migration),
             Box::new(m20261203_000008_change_feed::Migration),
+            Box::new(m20261203_000009_balance_alerts::Migration),
         ]
     }
 }

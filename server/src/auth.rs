@@ -163,11 +163,14 @@ pub fn parse_role(s: &str) -> Result<Role, String> {
 pub fn required_role(method: &str) -> Option<Role> {
     Some(match method {
         "GetUser" | "GetBalance" | "GetTransaction" | "ListTransactions" | "GetHold"
-        | "ListHolds" | "ListLots" | "WatchBalance" => Role::Reader,
+        | "ListHolds" | "ListLots" | "WatchBalance" | "ListAlertEvents" => Role::Reader,
         // Readers watch one user; the handler asks admin for every user.
         "WatchTransactions" => Role::Reader,
         // A service may refund only usage; the ledger checks the target.
         "TopUp" | "Spend" | "Refund" | "Reserve" | "Capture" | "Release" => Role::Service,
+        // An alert's events lead to top-ups: the service that makes them
+        // sets them.
+        "SetBalanceAlert" | "DeleteBalanceAlert" => Role::Service,
         "CreateUser" | "Grant" | "VerifyLedger" => Role::Admin,
         _ => return None,
     })

@@ -12,7 +12,8 @@
  *   UUID) when the caller gives none, and the same key on every retry;
  * - failures reject with a typed {@link CreditError};
  * - the two streams (watchTransactions, watchBalance) are async iterables
- *   without a deadline that reconnect by themselves (see {@link WatchOptions}).
+ *   without a deadline that reconnect by themselves (see {@link WatchOptions});
+ *   watchTransactions can carry balance alert events too (`content`).
  *
  * int64 values (amounts, balances, sequences) are `bigint`; amounts may be
  * passed as `number` too when they are safe integers.
@@ -27,11 +28,14 @@ import type { Client, Transport } from "@connectrpc/connect";
 import {
   CreditCategory,
   CreditService,
+  FeedContent,
   GetBalanceResponseSchema,
   HoldState,
   TransactionType,
 } from "./gen/credit/v1/credit_pb.js";
 import type {
+  AlertEvent,
+  BalanceAlert,
   CaptureResponse,
   GetBalanceResponse,
   Hold,
@@ -309,8 +313,40 @@ export interface LotPage {
   nextPageToken: string | undefined;
 }
 
-/** A user's balance (the generated GetBalanceResponse). */
+/**
+ * A user's balance (the generated GetBalanceResponse), with `alerts`: the
+ * user's balance alerts in force, lowest threshold first.
+ */
 export type Balance = GetBalanceResponse;
+
+/** Options of {@link CreditClient.setBalanceAlert}. */
+export interface SetBalanceAlertOptions extends CallOptions {
+  /**
+   * The key that makes this call safe to send again (at most 128
+   * characters): the same key returns the same alert, even after it was
+   * deleted; the same key with another threshold is IdempotencyKeyReused.
+   * Without one the client makes a random UUID, sent on every retry. Either
+   * way, setting a threshold that an alert in force already has returns that
+   * alert.
+   */
+  idempotencyKey?: string;
+}
+
+/** Which page of a user's alert events to list. */
+export interface AlertEventPageQuery {
+  /** Events per page: the server's default (50) when omitted, at most 1000. */
+  pageSize?: number;
+  /** The nextPageToken of an earlier page; the first page when omitted. */
+  pageToken?: string;
+}
+
+/** One page of alert events. */
+export interface AlertEventPage {
+  /** The events, newest first. */
+  events: AlertEvent[];
+  /** The token for the next page; undefined on the last page. */
+  nextPageToken: string | undefined;
+}
 
 /**
  * How a watch stream ({@link CreditClient.watchTransactions},
@@ -348,14 +384,30 @@ export interface WatchTransactionsOptions extends WatchOptions {
    * feed); from now when omitted or empty.
    */
   startAfter?: string;
-  /** Only these types; all when empty or omitted. Heartbeats still come. */
+  /** Only these types; all when empty or omitted. Heartbeats still come. Ignored with `content` ALERT_EVENTS. */
   types?: TransactionType[];
+  /**
+   * What the feed carries: `FeedContent.UNSPECIFIED` (the default,
+   * transactions only), `FeedContent.TRANSACTIONS_AND_ALERT_EVENTS` (each
+   * alert event right after the transaction that crossed the threshold), or
+   * `FeedContent.ALERT_EVENTS` (alert events only).
+   */
+  content?: FeedContent;
 }
 
-/** One message of {@link CreditClient.watchTransactions}: a transaction, or a heartbeat. */
+/**
+ * One message of {@link CreditClient.watchTransactions}: a transaction, an
+ * alert event (when `content` asks for them), or a heartbeat (neither).
+ */
 export interface FeedMessage {
-  /** The committed transaction; undefined in a heartbeat. */
+  /** The committed transaction; undefined in a heartbeat and in an alert event's message. */
   transaction?: Transaction;
+  /**
+   * A balance alert event (only with `content` TRANSACTIONS_AND_ALERT_EVENTS
+   * or ALERT_EVENTS); undefined otherwise. Its `eventId` is stable: use it
+   * as the idempotency key of what the event leads to (a top-up).
+   */
+  alertEvent?: AlertEvent;
   /**
    * Opaque position in the feed: `startAfter: cursor` gives everything after
    * this message exactly once, on any server process over the same
@@ -841,6 +893,70 @@ export class CreditClient {
   }
 
   /**
+   * Sets a low-balance alert: when a write takes the user's balance from
+   * `threshold` or more to below it, the ledger records one AlertEvent with
+   * that write (once per downward crossing; the alert re-arms when the
+   * balance is back at or above the threshold). The alert is `armed` from
+   * the start when the balance is at or above the threshold. Setting a
+   * threshold an alert in force already has returns that alert. Rejects with
+   * UserNotFound, InvalidArgument (field `threshold`, below 0),
+   * IdempotencyKeyReused (the key was used with another threshold) or
+   * TooManyAlerts (`limit`). Needs the `service` role.
+   */
+  async setBalanceAlert(userId: string, threshold: Amount, options?: SetBalanceAlertOptions): Promise<BalanceAlert> {
+    const value = toInt64(threshold, "threshold");
+    // Made once, before the first attempt: every retry sends the same key.
+    const idempotencyKey = options?.idempotencyKey ?? newIdempotencyKey();
+    const response = await this.#call(
+      (o) => this.raw.setBalanceAlert({ userId, threshold: value, idempotencyKey }, o),
+      options,
+    );
+    return required(response.alert, "alert");
+  }
+
+  /**
+   * Removes a balance alert and returns it with `deletedAt` set; removing it
+   * again returns the same. Rejects with AlertNotFound (or UserNotFound).
+   * Needs the `service` role.
+   */
+  async deleteBalanceAlert(userId: string, alertId: string, options?: CallOptions): Promise<BalanceAlert> {
+    const response = await this.#call((o) => this.raw.deleteBalanceAlert({ userId, alertId }, o), options);
+    return required(response.alert, "alert");
+  }
+
+  /** One page of a user's alert events, newest first (`reader` role). */
+  async listAlertEvents(userId: string, query: AlertEventPageQuery = {}, options?: CallOptions): Promise<AlertEventPage> {
+    const pageSize = query.pageSize ?? 0;
+    if (!Number.isInteger(pageSize)) throw new InvalidInput(`pageSize must be an integer, got ${pageSize}`);
+    const request = { userId, pageSize: Math.min(pageSize, 1000), pageToken: query.pageToken ?? "" };
+    const response = await this.#call((o) => this.raw.listAlertEvents(request, o), options);
+    return {
+      events: response.events,
+      nextPageToken: response.nextPageToken === "" ? undefined : response.nextPageToken,
+    };
+  }
+
+  /**
+   * Every alert event of a user, newest first, fetching pages as the
+   * iterator is read: `for await (const event of client.iterAlertEvents(userId)) ...`.
+   */
+  async *iterAlertEvents(
+    userId: string,
+    query: { pageSize?: number } = {},
+    options?: CallOptions,
+  ): AsyncGenerator<AlertEvent, void, undefined> {
+    let pageToken: string | undefined;
+    do {
+      const page: AlertEventPage = await this.listAlertEvents(userId, { pageSize: query.pageSize, pageToken }, options);
+      yield* page.events;
+      if (page.nextPageToken !== undefined && page.nextPageToken === pageToken) {
+        throw new InvalidResponse("the server returned the page token it was given");
+      }
+      pageToken = page.nextPageToken;
+    } while (pageToken !== undefined);
+  }
+
+  /**
    * Opens a stream again and again while {@link resumable} says so: yields
    * what `convert` makes of each message (nothing when it returns
    * undefined), waits between connections by the retry policy, and cancels
@@ -922,7 +1038,8 @@ export class CreditClient {
    * user (reader role), or of every user when `userId` is omitted (admin
    * role). Starts right after `startAfter` (a message's cursor), or from now.
    * Heartbeats (a cursor and no transaction) come every few seconds when
-   * nothing happens. Reconnects by itself (see {@link WatchOptions.resume})
+   * nothing happens. With `content`, balance alert events come too (or
+   * only): messages with `alertEvent` set and no transaction. Reconnects by itself (see {@link WatchOptions.resume})
    * from the cursor of the last message yielded, so every transaction comes
    * exactly once; breaking out of the loop ends the stream:
    * `for await (const { transaction, cursor } of client.watchTransactions({ userId })) ...`.
@@ -930,16 +1047,18 @@ export class CreditClient {
   watchTransactions(options: WatchTransactionsOptions = {}): AsyncGenerator<FeedMessage, void, undefined> {
     const userId = options.userId ?? "";
     const types = [...(options.types ?? [])];
+    const content = options.content ?? FeedContent.UNSPECIFIED;
     // Where to resume: the cursor of the last message yielded.
     let startAfter = options.startAfter ?? "";
     return this.#watch(
-      (o) => this.raw.watchTransactions({ userId, startAfter, types }, o),
+      (o) => this.raw.watchTransactions({ userId, startAfter, types, content }, o),
       (message) => {
         if (message.cursor === "") throw new InvalidResponse("the server sent a feed message without a cursor");
         startAfter = message.cursor;
-        return message.transaction === undefined
-          ? { cursor: message.cursor }
-          : { transaction: message.transaction, cursor: message.cursor };
+        const item: FeedMessage = { cursor: message.cursor };
+        if (message.transaction !== undefined) item.transaction = message.transaction;
+        if (message.alertEvent !== undefined) item.alertEvent = message.alertEvent;
+        return item;
       },
       options,
     );

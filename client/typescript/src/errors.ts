@@ -160,7 +160,7 @@ export class BalanceOverflow extends CreditError {
   }
 }
 
-/** NOT_FOUND: a user, transaction or hold does not exist (see the subclasses). */
+/** NOT_FOUND: a user, transaction, hold or balance alert does not exist (see the subclasses). */
 export class NotFound extends CreditError {}
 
 /** USER_NOT_FOUND. */
@@ -301,6 +301,25 @@ export class HoldExpired extends CreditError {
   }
 }
 
+/** ALERT_NOT_FOUND (NOT_FOUND): the user has no balance alert with this id. */
+export class AlertNotFound extends NotFound {
+  /** The alert that was looked for. */
+  get alertId(): string {
+    return this.textMeta("alertId");
+  }
+}
+
+/**
+ * TOO_MANY_ALERTS (FAILED_PRECONDITION): the user already has as many
+ * balance alerts in force as the server allows; delete one first.
+ */
+export class TooManyAlerts extends CreditError {
+  /** How many alerts in force a user may have. */
+  get limit(): number {
+    return this.numberMeta("limit");
+  }
+}
+
 /** PERMISSION_DENIED: the credentials do not allow this call. */
 export class PermissionDenied extends CreditError {}
 
@@ -378,6 +397,8 @@ export const ERRORS_BY_REASON: Readonly<Record<string, ErrorClass>> = Object.fre
   HOLD_NOT_FOUND: HoldNotFound,
   HOLD_NOT_ACTIVE: HoldNotActive,
   HOLD_EXPIRED: HoldExpired,
+  ALERT_NOT_FOUND: AlertNotFound,
+  TOO_MANY_ALERTS: TooManyAlerts,
   PERMISSION_DENIED: PermissionDenied,
   UNAUTHENTICATED: Unauthenticated,
   OVERLOADED: Overloaded,

@@ -368,9 +368,11 @@ test('the examples run against the server', async () => {
   };
   assert.match(await run('quickstart'), /balance after spend: 70\nrefused: 70 available, 500 requested/);
   const every = await run('every-rpc');
+  assert.match(every, /balance: 0\nalert at 80, armed: false\n/);
   assert.match(every, /after refund: 85\n#1 TOP_UP 100 by anonymous/);
-  assert.match(every, /usage #2: -30 \(LLM call\)\nledger clean: true/);
+  assert.match(every, /usage #2: -30 \(LLM call\)\nledger clean: true\nalert event: 100 -> 70 at #2\nalert at 80, armed: true\n/);
   assert.match(every, /feed #1 TOP_UP 100 \(cursor \S+\)\nfeed #2 USAGE -30 .*\nfeed #3 GRANT 5 .*\nfeed #4 REFUND 10 .*\n/);
+  assert.match(every, /mixed feed #1\nmixed feed #2\nmixed feed alert event after #2, listed: true\nalert removed: true\n/);
   assert.match(every, /watched balance: 85 at #4\n$/);
   const errors = await run('errors-and-retries');
   assert.match(errors, /only 50 of .* is left to refund\namount: .*\nnot found \(USER_NOT_FOUND\)\ntrue\nkey .* was used/);

@@ -71,6 +71,8 @@ test('each ErrorInfo reason gets its own class', () => {
     ['HOLD_NOT_FOUND', Code.NotFound, credit.HoldNotFound],
     ['HOLD_NOT_ACTIVE', Code.FailedPrecondition, credit.HoldNotActive],
     ['HOLD_EXPIRED', Code.FailedPrecondition, credit.HoldExpired],
+    ['ALERT_NOT_FOUND', Code.NotFound, credit.AlertNotFound],
+    ['TOO_MANY_ALERTS', Code.FailedPrecondition, credit.TooManyAlerts],
     ['PERMISSION_DENIED', Code.PermissionDenied, credit.PermissionDenied],
     ['UNAUTHENTICATED', Code.Unauthenticated, credit.Unauthenticated],
     ['OVERLOADED', Code.ResourceExhausted, credit.Overloaded],
@@ -113,6 +115,10 @@ test('typed metadata and field violations', () => {
   const streams = toCreditError(statusError(Code.ResourceExhausted, 'TOO_MANY_STREAMS', { resource: 'streams', limit: '1000' }));
   assert.deepEqual([streams.resource, streams.limit], ['streams', 1000]);
   assert.equal(toCreditError(statusError(Code.ResourceExhausted, 'SLOW_CONSUMER', { waitedSeconds: '10' })).waitedSeconds, 10);
+  const alert = toCreditError(statusError(Code.NotFound, 'ALERT_NOT_FOUND', { alertId: 'a-1' }));
+  assert.ok(alert instanceof credit.NotFound);
+  assert.equal(alert.alertId, 'a-1');
+  assert.equal(toCreditError(statusError(Code.FailedPrecondition, 'TOO_MANY_ALERTS', { limit: '20' })).limit, 20);
   const invalid = toCreditError(statusError(Code.InvalidArgument, 'INVALID_ARGUMENT', {},
     [{ field: 'amount', description: 'must be greater than 0' }]));
   assert.deepEqual(invalid.fieldViolations, [{ field: 'amount', description: 'must be greater than 0' }]);

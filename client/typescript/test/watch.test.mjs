@@ -2,14 +2,11 @@
 // in-memory Connect transport that plays scripted streams and errors; then
 // against real credit-servers: order and cursors, resume from a stored
 // cursor, heartbeats, balances, a slow consumer, a server restart on the
-// same port and database, API keys and stream limits, and the auto-topup
-// example.
+// same port and database, API keys and stream limits (the auto-topup
+// example is in alerts.test.mjs).
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
-import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 
 import { create } from '@bufbuild/protobuf';
@@ -21,7 +18,7 @@ import {
   Unauthenticated, Unavailable, UserNotFound, createCreditClient, toCreditError,
 } from 'credit-ledger-client';
 
-import { PKG, freePort, newKey, newUser, rejection, startServer, tempDir } from './helpers.mjs';
+import { freePort, newKey, newUser, rejection, startServer, tempDir } from './helpers.mjs';
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -464,15 +461,6 @@ describe('against a credit-server', () => {
     } finally {
       watcher.close();
     }
-  });
-
-  test('the auto-topup example tops up once, with two watchers at once', async () => {
-    const file = path.join(PKG, '.build', 'examples', 'auto-topup.js');
-    const { stdout } = await promisify(execFile)(process.execPath, [file], {
-      cwd: PKG, env: { ...process.env, CREDIT_URL: server.baseUrl }, timeout: 30_000,
-    });
-    assert.match(stdout, /available 40 at #2: topped up \(#3\)/);
-    assert.match(stdout, /top-ups: 1, balance: 240\n$/);
   });
 });
 

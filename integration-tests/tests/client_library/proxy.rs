@@ -373,4 +373,37 @@ impl CreditService for Forward {
         })
         .await
     }
+
+    async fn set_balance_alert(
+        &self,
+        r: Request<pb::SetBalanceAlertRequest>,
+    ) -> Result<Response<pb::SetBalanceAlertResponse>, Status> {
+        self.forward(
+            "SetBalanceAlert",
+            r,
+            |m| m.idempotency_key.clone(),
+            |mut c, r| async move { c.set_balance_alert(r).await },
+        )
+        .await
+    }
+
+    async fn delete_balance_alert(
+        &self,
+        r: Request<pb::DeleteBalanceAlertRequest>,
+    ) -> Result<Response<pb::DeleteBalanceAlertResponse>, Status> {
+        self.forward("DeleteBalanceAlert", r, no_key, |mut c, r| async move {
+            c.delete_balance_alert(r).await
+        })
+        .await
+    }
+
+    async fn list_alert_events(
+        &self,
+        r: Request<pb::ListAlertEventsRequest>,
+    ) -> Result<Response<pb::ListAlertEventsResponse>, Status> {
+        self.forward("ListAlertEvents", r, no_key, |mut c, r| async move {
+            c.list_alert_events(r).await
+        })
+        .await
+    }
 }

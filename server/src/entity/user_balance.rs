@@ -32,6 +32,9 @@ pub struct Model {
     /// The user's last sequence when lots began (the migration): every
     /// later transaction has allocations that add up to its amount.
     pub lots_since_sequence: i64,
+    /// Balance alerts in force (`ledger/alerts.rs`): 0 means a write needs
+    /// no alert lookup.
+    pub alert_count: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

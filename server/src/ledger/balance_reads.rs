@@ -29,6 +29,7 @@ use super::store::Store;
 use crate::telemetry::metrics as m;
 use tokio::sync::{mpsc, oneshot};
 
+use super::alerts;
 use super::error::LedgerError;
 use super::model::Balance;
 use crate::entity::user_balance;
@@ -238,6 +239,13 @@ async fn fetch(
         .map(|r| r.user_id.as_str())
         .collect();
     let expiring = expiring_lots(db, &expiring, &holds.freed, now).await?;
+    // And the alerts, only of users that have some.
+    let alerting: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.alert_count > 0)
+        .map(|r| r.user_id.as_str())
+        .collect();
+    let mut alerts = alerts::in_force(db, &alerting).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -258,6 +266,7 @@ async fn fetch(
                 next_expiring_amount: lots.next_expiring_amount,
                 last_sequence: r.last_sequence,
                 updated_at: r.updated_at,
+                alerts: alerts.remove(&r.user_id).unwrap_or_default(),
             };
             (r.user_id.clone(), balance)
         })

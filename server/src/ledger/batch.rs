@@ -39,6 +39,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::alerts;
 use super::error::LedgerError;
 use super::holds;
 use super::lookup::{self, Stored};
@@ -140,7 +141,26 @@ pub async fn apply_batch<C: ConnectionTrait>(
         steps.push(Step::Done(result));
     }
     state.recompute_lot_expiry();
+    // Alerts see every transaction of the batch, in order (`alerts.rs`).
+    let mut alert_users: Vec<&str> = state
+        .rows
+        .iter()
+        .map(|r| r.user_id.as_str())
+        .filter(|u| state.accounts.get(*u).is_some_and(|a| a.alerts > 0))
+        .collect();
+    alert_users.sort_unstable();
+    alert_users.dedup();
+    let alert_writes = match alert_users.is_empty() {
+        true => None,
+        false => {
+            let mut loaded = alerts::load(db, &alert_users).await?;
+            Some(alerts::evaluate(&mut loaded, &state.rows))
+        }
+    };
     state.write(db).await?;
+    if let Some(writes) = alert_writes {
+        writes.write(db).await?;
+    }
     Ok(steps)
 }
 
@@ -515,6 +535,7 @@ async fn lock_accounts<C: ConnectionTrait>(
                 promotional: r.promotional,
                 deficit: r.deficit,
                 lots_expire_at: r.lots_expire_at,
+                alerts: r.alert_count,
             };
             (r.user_id, account)
         })

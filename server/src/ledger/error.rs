@@ -127,6 +127,10 @@ pub enum LedgerError {
         hold_id: String,
         expire_time: chrono::DateTime<chrono::Utc>,
     },
+    #[error("alert {alert_id:?} not found for user {user_id:?}")]
+    AlertNotFound { user_id: String, alert_id: String },
+    #[error("the user already has {limit} balance alerts; remove one before setting another")]
+    TooManyAlerts { limit: usize },
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// A concurrent write got in the way (deadlock, serialization failure,

@@ -53,11 +53,12 @@ use sea_orm::{
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use super::alerts::AlertEvent;
 use super::error::{FieldViolation, LedgerError};
 use super::handle::Ledger;
 use super::model::{Transaction, TxKind};
 use super::store::Store;
-use crate::entity::credit_transaction as ctx;
+use crate::entity::{alert_event, credit_transaction as ctx};
 
 /// Most rows one sequencer pass numbers; a backlog takes several passes,
 /// back to back.
@@ -90,23 +91,47 @@ impl Cursor {
 }
 
 /// Which transactions a feed reader wants.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedFilter {
     /// `None`: every user.
     pub user_id: Option<String>,
     /// Empty: every kind.
     pub kinds: Vec<TxKind>,
+    /// Whether transactions are wanted at all, and alert events.
+    pub transactions: bool,
+    pub alert_events: bool,
+}
+
+impl Default for FeedFilter {
+    fn default() -> Self {
+        Self {
+            user_id: None,
+            kinds: Vec::new(),
+            transactions: true,
+            alert_events: false,
+        }
+    }
+}
+
+/// One item of the feed.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum FeedItem {
+    Transaction(Transaction),
+    AlertEvent(AlertEvent),
 }
 
 /// One read of the feed.
 #[derive(Debug, Clone)]
 pub struct FeedPage {
-    /// Matching transactions after the cursor, in feed order, each with its
+    /// Matching items after the cursor, in feed order, each with its
     /// cursor.
-    pub entries: Vec<(Cursor, Transaction)>,
+    pub entries: Vec<(Cursor, FeedItem)>,
     /// Every position up to here has been looked at: a reader may resume
     /// from it (a heartbeat's cursor).
     pub scanned_to: Cursor,
+    /// Whether more may follow right away (a page was full).
+    pub more: bool,
 }
 
 /// What the feed tells this process's streams, shared by every clone of
@@ -298,13 +323,13 @@ impl Store {
         let txn = self.begin_write().await?;
         let result = self.number_rows(&txn.txn).await;
         match result {
-            Ok((head, 0)) => {
+            Ok((head, 0, _)) => {
                 txn.rollback().await;
                 Ok((head, false))
             }
-            Ok((head, n)) => {
+            Ok((head, _, more)) => {
                 txn.commit().await?;
-                Ok((head, n as u64 == PASS_ROWS))
+                Ok((head, more))
             }
             Err(err) => {
                 txn.rollback().await;
@@ -322,14 +347,25 @@ impl Store {
             .into_tuple()
             .one(db)
             .await?;
-        Ok(row.is_some())
+        if row.is_some() {
+            return Ok(true);
+        }
+        let event: Option<String> = alert_event::Entity::find()
+            .select_only()
+            .column(alert_event::Column::Id)
+            .filter(alert_event::Column::FeedPosition.is_null())
+            .limit(1)
+            .into_tuple()
+            .one(db)
+            .await?;
+        Ok(event.is_some())
     }
 
     /// Inside the pass's transaction: lock, number, store the head.
     async fn number_rows(
         &self,
         db: &sea_orm::DatabaseTransaction,
-    ) -> Result<(i64, usize), LedgerError> {
+    ) -> Result<(i64, usize, bool), LedgerError> {
         let backend = self.backend();
         let lock = match backend {
             // BEGIN IMMEDIATE already holds the only write lock.
@@ -342,9 +378,11 @@ impl Store {
         )?;
         // Read after the lock: a pass that ran while we waited has numbered
         // its rows, and this statement sees them as numbered.
-        let ids: Vec<String> = ctx::Entity::find()
+        let txs: Vec<(String, String, i64)> = ctx::Entity::find()
             .select_only()
             .column(ctx::Column::Id)
+            .column(ctx::Column::UserId)
+            .column(ctx::Column::Sequence)
             .filter(ctx::Column::FeedPosition.is_null())
             .order_by_asc(ctx::Column::UserId)
             .order_by_asc(ctx::Column::Sequence)
@@ -352,32 +390,64 @@ impl Store {
             .into_tuple()
             .all(db)
             .await?;
-        if ids.is_empty() {
-            return Ok((last, 0));
+        let events: Vec<(String, String, i64)> = alert_event::Entity::find()
+            .select_only()
+            .column(alert_event::Column::Id)
+            .column(alert_event::Column::UserId)
+            .column(alert_event::Column::Sequence)
+            .filter(alert_event::Column::FeedPosition.is_null())
+            .order_by_asc(alert_event::Column::UserId)
+            .order_by_asc(alert_event::Column::Sequence)
+            .order_by_asc(alert_event::Column::Id)
+            .limit(PASS_ROWS)
+            .into_tuple()
+            .all(db)
+            .await?;
+        let order = pass_order(&txs, &events, PASS_ROWS as usize);
+        // A pass reads at most PASS_ROWS of each table: more may wait.
+        let more = txs.len() as u64 >= PASS_ROWS || events.len() as u64 >= PASS_ROWS;
+        if order.is_empty() {
+            return Ok((last, 0, more));
         }
         let mut next = last;
-        for chunk in ids.chunks(UPDATE_CHUNK) {
-            let first = next + 1;
+        let mut tx_positions = Vec::new();
+        let mut event_positions = Vec::new();
+        for (row, is_event) in &order {
+            next += 1;
+            match is_event {
+                false => tx_positions.push((row.as_str(), next)),
+                true => event_positions.push((row.as_str(), next)),
+            }
+        }
+        for chunk in tx_positions.chunks(UPDATE_CHUNK) {
             let case = chunk
                 .iter()
-                .zip(first..)
                 .fold(CaseStatement::new(), |case, (id, position)| {
-                    case.case(ctx::Column::Id.eq(id.as_str()), position)
+                    case.case(ctx::Column::Id.eq(*id), *position)
                 });
             let updated = ctx::Entity::update_many()
                 .col_expr(ctx::Column::FeedPosition, case.into())
-                .filter(ctx::Column::Id.is_in(chunk.iter().map(String::as_str)))
+                .filter(ctx::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
                 .filter(ctx::Column::FeedPosition.is_null())
                 .exec(db)
                 .await?
                 .rows_affected;
-            if updated != chunk.len() as u64 {
-                return Err(LedgerError::Internal(format!(
-                    "feed sequencer: {updated} of {} rows numbered; another pass ran without the lock",
-                    chunk.len()
-                )));
-            }
-            next += chunk.len() as i64;
+            numbered(updated, chunk.len())?;
+        }
+        for chunk in event_positions.chunks(UPDATE_CHUNK) {
+            let case = chunk
+                .iter()
+                .fold(CaseStatement::new(), |case, (id, position)| {
+                    case.case(alert_event::Column::Id.eq(*id), *position)
+                });
+            let updated = alert_event::Entity::update_many()
+                .col_expr(alert_event::Column::FeedPosition, case.into())
+                .filter(alert_event::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
+                .filter(alert_event::Column::FeedPosition.is_null())
+                .exec(db)
+                .await?
+                .rows_affected;
+            numbered(updated, chunk.len())?;
         }
         let head = next;
         db.execute_raw(Statement::from_sql_and_values(
@@ -398,8 +468,56 @@ impl Store {
             ))
             .await?;
         }
-        Ok((head, ids.len()))
+        Ok((head, order.len(), more))
     }
+}
+
+/// The order one pass numbers rows in: user by user, in sequence order, an
+/// alert event right after the transaction that crossed its threshold (it
+/// carries that transaction's sequence). `txs` and `events` are (id, user,
+/// sequence) sorted by (user, sequence), each at most `limit` long; when
+/// one was cut at `limit`, rows sorting after its last one wait for the
+/// next pass (they may sort before rows it did not read), so nothing is
+/// numbered out of order.
+fn pass_order(
+    txs: &[(String, String, i64)],
+    events: &[(String, String, i64)],
+    limit: usize,
+) -> Vec<(String, bool)> {
+    let key =
+        |(_, user, sequence): &(String, String, i64), event: bool| (user.clone(), *sequence, event);
+    let mut bound: Option<(String, i64, bool)> = None;
+    for (list, event) in [(txs, false), (events, true)] {
+        if list.len() >= limit
+            && let Some(last) = list.last()
+        {
+            let k = key(last, event);
+            bound = Some(match bound {
+                Some(b) if b < k => b,
+                _ => k,
+            });
+        }
+    }
+    let mut all: Vec<((String, i64, bool), String)> = txs
+        .iter()
+        .map(|r| (key(r, false), r.0.clone()))
+        .chain(events.iter().map(|r| (key(r, true), r.0.clone())))
+        .filter(|(k, _)| bound.as_ref().is_none_or(|b| k <= b))
+        .collect();
+    // Stable: events of one transaction keep their id order.
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.into_iter()
+        .map(|((_, _, event), id)| (id, event))
+        .collect()
+}
+
+fn numbered(updated: u64, expected: usize) -> Result<(), LedgerError> {
+    if updated != expected as u64 {
+        return Err(LedgerError::Internal(format!(
+            "feed sequencer: {updated} of {expected} rows numbered; another pass ran without the lock"
+        )));
+    }
+    Ok(())
 }
 
 fn head_of(row: Option<sea_orm::QueryResult>) -> Result<i64, LedgerError> {
@@ -472,35 +590,67 @@ impl Ledger {
             return Ok(FeedPage {
                 entries: Vec::new(),
                 scanned_to: after,
+                more: false,
             });
         }
-        let mut query = ctx::Entity::find()
-            .filter(ctx::Column::FeedPosition.gt(after.0))
-            .filter(ctx::Column::FeedPosition.lte(head));
-        if let Some(user_id) = &filter.user_id {
-            query = query.filter(ctx::Column::UserId.eq(user_id.as_str()));
+        let mut items: Vec<(Cursor, FeedItem)> = Vec::new();
+        // Each list read is cut at `limit`; positions past the end of a cut
+        // list are left for the next page, so the merge misses nothing.
+        let mut bound = head;
+        if filter.transactions {
+            let mut query = ctx::Entity::find()
+                .filter(ctx::Column::FeedPosition.gt(after.0))
+                .filter(ctx::Column::FeedPosition.lte(head));
+            if let Some(user_id) = &filter.user_id {
+                query = query.filter(ctx::Column::UserId.eq(user_id.as_str()));
+            }
+            if !filter.kinds.is_empty() {
+                query =
+                    query.filter(ctx::Column::Type.is_in(filter.kinds.iter().map(|k| k.as_str())));
+            }
+            let rows = query
+                .order_by_asc(ctx::Column::FeedPosition)
+                .limit(limit)
+                .all(db)
+                .await?;
+            if rows.len() as u64 == limit
+                && let Some(last) = rows.last()
+            {
+                bound = bound.min(last.feed_position.unwrap_or(head));
+            }
+            for row in rows {
+                let position = row.feed_position.unwrap_or_default();
+                items.push((Cursor(position), FeedItem::Transaction(row.try_into()?)));
+            }
         }
-        if !filter.kinds.is_empty() {
-            query = query.filter(ctx::Column::Type.is_in(filter.kinds.iter().map(|k| k.as_str())));
+        if filter.alert_events {
+            let mut query = alert_event::Entity::find()
+                .filter(alert_event::Column::FeedPosition.gt(after.0))
+                .filter(alert_event::Column::FeedPosition.lte(head));
+            if let Some(user_id) = &filter.user_id {
+                query = query.filter(alert_event::Column::UserId.eq(user_id.as_str()));
+            }
+            let rows = query
+                .order_by_asc(alert_event::Column::FeedPosition)
+                .limit(limit)
+                .all(db)
+                .await?;
+            if rows.len() as u64 == limit
+                && let Some(last) = rows.last()
+            {
+                bound = bound.min(last.feed_position.unwrap_or(head));
+            }
+            for row in rows {
+                let position = row.feed_position.unwrap_or_default();
+                items.push((Cursor(position), FeedItem::AlertEvent(row.into())));
+            }
         }
-        let rows = query
-            .order_by_asc(ctx::Column::FeedPosition)
-            .limit(limit)
-            .all(db)
-            .await?;
-        let full = rows.len() as u64 == limit;
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in rows {
-            let position = row.feed_position.unwrap_or_default();
-            entries.push((Cursor(position), Transaction::try_from(row)?));
-        }
-        let scanned_to = match (full, entries.last()) {
-            (true, Some((cursor, _))) => *cursor,
-            _ => Cursor(head),
-        };
+        items.retain(|(cursor, _)| cursor.0 <= bound);
+        items.sort_by_key(|(cursor, _)| *cursor);
         Ok(FeedPage {
-            entries,
-            scanned_to,
+            entries: items,
+            scanned_to: Cursor(bound),
+            more: bound < head,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! reads never lock. No gRPC types here: errors are [`LedgerError`], mapped
 //! to gRPC in `service/status.rs`.
 
+pub mod alerts;
 mod balance_reads;
 mod batch;
 mod db_error;
@@ -27,6 +28,7 @@ mod store;
 pub mod sweeper;
 mod users;
 pub mod verify;
+mod verify_alerts;
 mod verify_holds;
 mod verify_lots;
 mod write;

@@ -364,6 +364,8 @@ pub struct Balance {
     pub next_expiring_amount: i64,
     pub last_sequence: i64,
     pub updated_at: DateTime<Utc>,
+    /// The alerts in force, lowest threshold first.
+    pub alerts: Vec<super::alerts::Alert>,
 }
 
 /// Which transactions a history page shows.

@@ -25,6 +25,8 @@ pub struct Account {
     pub deficit: i64,
     /// The earliest expire_time among lots with unearmarked credit left.
     pub lots_expire_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Balance alerts in force (`alerts.rs`).
+    pub alerts: i64,
 }
 
 impl Account {

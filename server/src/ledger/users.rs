@@ -46,6 +46,7 @@ impl Ledger {
             deficit: 0,
             lots_expire_at: None,
             lots_since_sequence: 0,
+            alert_count: 0,
         };
         let txn = self.store.begin_write().await?;
         let inserted = async {

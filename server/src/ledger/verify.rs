@@ -130,6 +130,10 @@ pub enum ViolationKind {
     /// A lot that expired before its user's last write still has
     /// unearmarked credit (its EXPIRATION was not written).
     ExpirationMissing,
+    /// Balance alerts and their events disagree with the log: a crossing
+    /// without its one event, an event without a crossing, a wrong armed
+    /// state or alert count.
+    AlertMismatch,
 }
 
 impl ViolationKind {
@@ -155,6 +159,7 @@ impl ViolationKind {
             Self::LotMismatch => "LOT_MISMATCH",
             Self::AllocationMismatch => "ALLOCATION_MISMATCH",
             Self::ExpirationMissing => "EXPIRATION_MISSING",
+            Self::AlertMismatch => "ALERT_MISMATCH",
         }
     }
 }
@@ -415,6 +420,7 @@ async fn check_user_in(
         let now = report.now.unwrap_or_else(Utc::now);
         hold_checks::check(txn, account, top_up_refunded, now, report).await?;
         super::verify_lots::check(txn, account, report).await?;
+        super::verify_alerts::check(txn, account, report).await?;
     }
     Ok(())
 }

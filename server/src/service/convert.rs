@@ -240,6 +240,36 @@ impl From<crate::ledger::model::Balance> for pb::GetBalanceResponse {
             promotional: b.promotional,
             next_expire_time: b.next_expire_time.map(timestamp),
             next_expiring_amount: b.next_expiring_amount,
+            alerts: b.alerts.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<crate::ledger::alerts::Alert> for pb::BalanceAlert {
+    fn from(a: crate::ledger::alerts::Alert) -> Self {
+        Self {
+            alert_id: a.alert_id,
+            user_id: a.user_id,
+            threshold: a.threshold,
+            armed: a.armed,
+            created_at: Some(timestamp(a.created_at)),
+            deleted_at: a.deleted_at.map(timestamp),
+        }
+    }
+}
+
+impl From<crate::ledger::alerts::AlertEvent> for pb::AlertEvent {
+    fn from(e: crate::ledger::alerts::AlertEvent) -> Self {
+        Self {
+            event_id: e.event_id,
+            alert_id: e.alert_id,
+            user_id: e.user_id,
+            threshold: e.threshold,
+            balance_before: e.balance_before,
+            balance_after: e.balance_after,
+            transaction_id: e.transaction_id,
+            sequence: e.sequence,
+            created_at: Some(timestamp(e.created_at)),
         }
     }
 }

@@ -339,6 +339,49 @@ impl CreditService for CreditApi {
         }))
     }
 
+    async fn set_balance_alert(
+        &self,
+        request: Request<pb::SetBalanceAlertRequest>,
+    ) -> Result<Response<pb::SetBalanceAlertResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let req = requests::set_balance_alert(request.into_inner())?;
+        let alert = self
+            .ledger
+            .set_alert(&req.user_id, req.threshold, req.idempotency_key)
+            .await?;
+        Ok(Response::new(pb::SetBalanceAlertResponse {
+            alert: Some(alert.into()),
+        }))
+    }
+
+    async fn delete_balance_alert(
+        &self,
+        request: Request<pb::DeleteBalanceAlertRequest>,
+    ) -> Result<Response<pb::DeleteBalanceAlertResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let (user_id, alert_id) = requests::delete_balance_alert(request.into_inner())?;
+        let alert = self.ledger.delete_alert(&user_id, &alert_id).await?;
+        Ok(Response::new(pb::DeleteBalanceAlertResponse {
+            alert: Some(alert.into()),
+        }))
+    }
+
+    async fn list_alert_events(
+        &self,
+        request: Request<pb::ListAlertEventsRequest>,
+    ) -> Result<Response<pb::ListAlertEventsResponse>, Status> {
+        note(&request, &request.get_ref().user_id);
+        let (user_id, page_size, page_token) = requests::list_alert_events(request.into_inner())?;
+        let page = self
+            .ledger
+            .alert_events(&user_id, page_size, page_token.as_deref())
+            .await?;
+        Ok(Response::new(pb::ListAlertEventsResponse {
+            events: page.events.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
     async fn list_lots(
         &self,
         request: Request<pb::ListLotsRequest>,

@@ -386,9 +386,72 @@ pub fn watch_transactions(req: pb::WatchTransactionsRequest) -> Result<WatchQuer
             cursor
         }
     };
+    let content = pb::FeedContent::try_from(req.content);
+    c.require(
+        content.is_ok(),
+        "content",
+        "must be FEED_CONTENT_UNSPECIFIED (transactions), \
+         FEED_CONTENT_TRANSACTIONS_AND_ALERT_EVENTS or FEED_CONTENT_ALERT_EVENTS",
+    );
+    let (transactions, alert_events) = match content {
+        Ok(pb::FeedContent::TransactionsAndAlertEvents) => (true, true),
+        Ok(pb::FeedContent::AlertEvents) => (false, true),
+        _ => (true, false),
+    };
     c.finish()?;
     Ok(WatchQuery {
-        filter: FeedFilter { user_id, kinds },
+        filter: FeedFilter {
+            user_id,
+            kinds,
+            transactions,
+            alert_events,
+        },
         start_after,
     })
+}
+
+/// A validated SetBalanceAlert request.
+pub struct AlertRequest {
+    pub user_id: String,
+    pub threshold: i64,
+    pub idempotency_key: Option<String>,
+}
+
+pub fn set_balance_alert(req: pb::SetBalanceAlertRequest) -> Result<AlertRequest, LedgerError> {
+    let mut c = Checker::default();
+    let user_id = c.id("user_id", req.user_id);
+    c.require(
+        req.threshold >= 0,
+        "threshold",
+        "must be 0 or more (an event is recorded when the balance goes below it)",
+    );
+    let idempotency_key = c.optional_id("idempotency_key", req.idempotency_key);
+    c.finish()?;
+    Ok(AlertRequest {
+        user_id,
+        threshold: req.threshold,
+        idempotency_key,
+    })
+}
+
+pub fn delete_balance_alert(
+    req: pb::DeleteBalanceAlertRequest,
+) -> Result<(String, String), LedgerError> {
+    let mut c = Checker::default();
+    let user_id = c.id("user_id", req.user_id);
+    let alert_id = c.id("alert_id", req.alert_id);
+    c.finish()?;
+    Ok((user_id, alert_id))
+}
+
+/// A validated ListAlertEvents request: user, page size, page token.
+pub fn list_alert_events(
+    req: pb::ListAlertEventsRequest,
+) -> Result<(String, u64, Option<String>), LedgerError> {
+    let mut c = Checker::default();
+    let user_id = c.id("user_id", req.user_id);
+    let page_size = page_size(&mut c, req.page_size);
+    let page_token = (!req.page_token.is_empty()).then_some(req.page_token);
+    c.finish()?;
+    Ok((user_id, page_size, page_token))
 }

@@ -229,6 +229,16 @@ impl From<LedgerError> for Status {
                 );
                 (Code::NotFound, "HOLD_NOT_FOUND")
             }
+            LedgerError::AlertNotFound { alert_id, .. } => {
+                details.set_resource_info(
+                    "credit.v1.BalanceAlert",
+                    alert_id,
+                    "",
+                    "no such alert for this user",
+                );
+                (Code::NotFound, "ALERT_NOT_FOUND")
+            }
+            LedgerError::TooManyAlerts { .. } => (Code::FailedPrecondition, "TOO_MANY_ALERTS"),
             LedgerError::HoldNotActive { .. } => (Code::FailedPrecondition, "HOLD_NOT_ACTIVE"),
             LedgerError::HoldExpired { .. } => (Code::FailedPrecondition, "HOLD_EXPIRED"),
             LedgerError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
@@ -319,6 +329,10 @@ fn error_metadata(err: &LedgerError) -> HashMap<String, String> {
         LedgerError::HoldNotFound { user_id, hold_id } => {
             vec![("userId", user_id.clone()), ("holdId", hold_id.clone())]
         }
+        LedgerError::AlertNotFound { user_id, alert_id } => {
+            vec![("userId", user_id.clone()), ("alertId", alert_id.clone())]
+        }
+        LedgerError::TooManyAlerts { limit } => vec![("limit", limit.to_string())],
         LedgerError::HoldNotActive { hold_id, state } => {
             vec![("holdId", hold_id.clone()), ("state", (*state).to_owned())]
         }

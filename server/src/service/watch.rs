@@ -19,7 +19,7 @@ use tonic::Status;
 use super::status;
 use crate::app::StreamLimits;
 use crate::ledger::Ledger;
-use crate::ledger::feed::{Cursor, FeedFilter};
+use crate::ledger::feed::{Cursor, FeedFilter, FeedItem};
 
 /// A Watch response stream.
 pub type WatchStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -191,10 +191,15 @@ async fn send_transactions(
             Ok(page) => page,
             Err(err) => return Stop::End(err.into()),
         };
-        let full = page.entries.len() as u64 == PAGE;
-        for (cursor, tx) in page.entries {
+        let full = page.more;
+        for (cursor, item) in page.entries {
+            let (transaction, alert_event) = match item {
+                FeedItem::Transaction(tx) => (Some(tx.into()), None),
+                FeedItem::AlertEvent(event) => (None, Some(event.into())),
+            };
             let message = pb::WatchTransactionsResponse {
-                transaction: Some(tx.into()),
+                transaction,
+                alert_event,
                 cursor: cursor.token(),
             };
             if let Err(stop) = sender.send(message).await {
@@ -212,6 +217,7 @@ async fn send_transactions(
         if Instant::now() >= beat_due {
             let beat = pb::WatchTransactionsResponse {
                 transaction: None,
+                alert_event: None,
                 cursor: after.token(),
             };
             if let Err(stop) = sender.send(beat).await {

@@ -155,6 +155,10 @@ pub enum Command {
     /// List a user's lots (credits by category, priority and expiry) in the
     /// order spends draw from them.
     Lots(LotsArgs),
+    /// Low-balance alerts: an event each time a write takes the balance
+    /// below a threshold (set, delete, events).
+    #[command(subcommand)]
+    Alert(AlertCommand),
     /// Follow transactions as they commit, until interrupted (or --limit):
     /// one user's, or every user's (admin key) when USER is left out. It
     /// reopens by itself after a lost connection or a server restart and
@@ -285,6 +289,41 @@ pub struct HoldListArgs {
     pub page_token: Option<String>,
 }
 
+/// `credit alert ...`
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Set an alert: one event each time a write takes the balance from at
+    /// least THRESHOLD to below it (the same threshold again: the alert in
+    /// force).
+    Set {
+        /// The user.
+        user: String,
+        /// The balance below which an event is recorded, 0 or more.
+        threshold: i64,
+        /// Idempotency key (default: a new random key).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Remove an alert.
+    Delete {
+        /// The user the alert belongs to.
+        user: String,
+        /// The alert.
+        alert: String,
+    },
+    /// List a user's alert events, newest first.
+    Events {
+        /// The user.
+        user: String,
+        /// Show at most this many events; 0 shows all.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue after a previous page: the token it printed.
+        #[arg(long, value_name = "TOKEN")]
+        page_token: Option<String>,
+    },
+}
+
 /// `credit watch ...`
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -298,7 +337,14 @@ pub struct WatchArgs {
     /// from now.
     #[arg(long, value_name = "CURSOR")]
     pub start_after: Option<String>,
-    /// Stop after this many transactions.
+    /// Also low-balance alert events (`--alerts`), or only them
+    /// (`--alerts-only`).
+    #[arg(long)]
+    pub alerts: bool,
+    /// Only low-balance alert events.
+    #[arg(long, conflicts_with = "alerts")]
+    pub alerts_only: bool,
+    /// Stop after this many transactions (or events).
     #[arg(long)]
     pub limit: Option<usize>,
 }

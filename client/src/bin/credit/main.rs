@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use credit_client::{
-    CreditClient, DEFAULT_CONNECT_TIMEOUT, Error, HoldPage, LotPage, Page, TlsConfig, Usage, Write,
-    WriteOp, parse_endpoint,
+    AlertEventPage, CreditClient, DEFAULT_CONNECT_TIMEOUT, Error, FeedContent, HoldPage, LotPage,
+    Page, TlsConfig, Usage, Write, WriteOp, parse_endpoint,
 };
 use futures::StreamExt;
 
 use args::{
-    Cli, Command, HistoryArgs, HoldCommand, HoldListArgs, LotsArgs, UsageArgs, UserCommand,
-    WatchArgs, WriteOptions,
+    AlertCommand, Cli, Command, HistoryArgs, HoldCommand, HoldListArgs, LotsArgs, UsageArgs,
+    UserCommand, WatchArgs, WriteOptions,
 };
 
 fn main() -> ExitCode {
@@ -192,6 +192,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::History(args) => history(&client, args, json).await,
         Command::Hold(command) => hold(&client, command, json).await,
         Command::Lots(args) => list_lots(&client, args, json).await,
+        Command::Alert(command) => alert(&client, command, json).await,
         Command::Watch(args) => watch(&client, args, json).await,
         Command::WatchBalance { user, limit } => {
             let mut balances = std::pin::pin!(
@@ -480,6 +481,11 @@ async fn watch(client: &CreditClient, args: WatchArgs, json: bool) -> Result<(),
     if let Some(cursor) = args.start_after {
         feed = feed.start_after(cursor);
     }
+    if args.alerts {
+        feed = feed.content(FeedContent::TransactionsAndAlertEvents);
+    } else if args.alerts_only {
+        feed = feed.content(FeedContent::AlertEvents);
+    }
     let mut feed = feed.stream();
     let mut left = args.limit.unwrap_or(usize::MAX);
     while left > 0
@@ -488,7 +494,7 @@ async fn watch(client: &CreditClient, args: WatchArgs, json: bool) -> Result<(),
         let message = message?;
         // Heartbeats do not count towards --limit, and people do not see
         // them (a script with --json does: they carry the latest cursor).
-        if message.transaction.is_some() {
+        if message.transaction.is_some() || message.alert_event.is_some() {
             left -= 1;
         } else if !json {
             continue;
@@ -503,6 +509,50 @@ async fn watch(client: &CreditClient, args: WatchArgs, json: bool) -> Result<(),
 
 fn json_failed(err: serde_json::Error) -> Error {
     Error::InvalidResponse(format!("cannot print JSON: {err}"))
+}
+
+async fn alert(client: &CreditClient, command: AlertCommand, json: bool) -> Result<(), Error> {
+    match command {
+        AlertCommand::Set {
+            user,
+            threshold,
+            key,
+        } => {
+            let mut set = client.set_balance_alert(user, threshold);
+            if let Some(key) = key {
+                set = set.idempotency_key(key);
+            }
+            show(json, &set.await?, output::alert)
+        }
+        AlertCommand::Delete { user, alert } => show(
+            json,
+            &client.delete_balance_alert(user, alert).await?,
+            output::alert,
+        ),
+        AlertCommand::Events {
+            user,
+            limit,
+            page_token,
+        } => {
+            let query = client.list_alert_events(user);
+            let (events, next_page_token) = collect_pages(limit, page_token, |token, size| {
+                let mut page = query.clone().page_size(size);
+                if let Some(token) = token {
+                    page = page.page_token(token);
+                }
+                async move {
+                    let page = page.page().await?;
+                    Ok((page.events, page.next_page_token))
+                }
+            })
+            .await?;
+            let page = AlertEventPage {
+                events,
+                next_page_token,
+            };
+            show(json, &page, output::alert_events)
+        }
+    }
 }
 
 async fn collect_pages<T, Fut>(

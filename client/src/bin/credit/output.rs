@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use credit_client::{
-    Allocation, Balance, FeedMessage, Hold, HoldPage, HoldReceipt, LedgerReport, Lot, LotPage,
-    Page, Receipt, Transaction, User,
+    AlertEventPage, Allocation, Balance, BalanceAlert, FeedMessage, Hold, HoldPage, HoldReceipt,
+    LedgerReport, Lot, LotPage, Page, Receipt, Transaction, User,
 };
 use serde::Serialize;
 
@@ -21,6 +21,19 @@ pub fn json_line<T: Serialize>(value: &T) -> Result<(), serde_json::Error> {
 
 /// One transaction of the feed as one line, with the cursor after it.
 pub fn feed_line(m: &FeedMessage) {
+    if let Some(e) = &m.alert_event {
+        println!(
+            "{}  {}  seq {}  ALERT below {}  {} -> {}  event {}  cursor {}",
+            time(e.created_at),
+            e.user_id,
+            e.sequence,
+            e.threshold,
+            e.balance_before,
+            e.balance_after,
+            e.event_id,
+            m.cursor
+        );
+    }
     if let Some(t) = &m.transaction {
         println!(
             "{}  {}  seq {}  {}  {}  balance {}  {}  cursor {}",
@@ -33,6 +46,52 @@ pub fn feed_line(m: &FeedMessage) {
             t.transaction_id,
             m.cursor
         );
+    }
+}
+
+/// An alert as `field  value` lines.
+pub fn alert(a: &BalanceAlert) {
+    let mut rows = vec![
+        ("alert", a.alert_id.clone()),
+        ("user", a.user_id.clone()),
+        ("threshold", a.threshold.to_string()),
+        ("armed", if a.armed { "yes" } else { "no" }.to_owned()),
+        ("created", time(a.created_at)),
+    ];
+    if let Some(at) = a.deleted_at {
+        rows.push(("deleted", time(at)));
+    }
+    fields(&rows);
+}
+
+/// Alert events as a table, newest first, then the token to continue.
+pub fn alert_events(page: &AlertEventPage) {
+    let mut table = Table::new([
+        "SEQ",
+        "CREATED",
+        "THRESHOLD",
+        "BEFORE",
+        "AFTER",
+        "EVENT",
+        "TRANSACTION",
+    ]);
+    for e in &page.events {
+        table.row([
+            e.sequence.to_string(),
+            time(e.created_at),
+            e.threshold.to_string(),
+            e.balance_before.to_string(),
+            e.balance_after.to_string(),
+            e.event_id.clone(),
+            e.transaction_id.clone(),
+        ]);
+    }
+    table.print(&[0, 2, 3, 4]);
+    if page.events.is_empty() {
+        println!("(no alert events)");
+    }
+    if let Some(token) = &page.next_page_token {
+        println!("(more events: continue with --page-token {token})");
     }
 }
 
@@ -76,6 +135,20 @@ pub fn balance(b: &Balance) {
     }
     rows.push(("updated", time(b.updated_at)));
     rows.push(("last sequence", b.last_sequence.to_string()));
+    let alerts: Vec<String> = b
+        .alerts
+        .iter()
+        .map(|a| {
+            format!(
+                "below {} ({})",
+                a.threshold,
+                if a.armed { "armed" } else { "fired" }
+            )
+        })
+        .collect();
+    if !alerts.is_empty() {
+        rows.push(("alerts", alerts.join(", ")));
+    }
     fields(&rows);
 }
 

@@ -141,7 +141,7 @@ async fn watch_all(
         let request = pb::WatchTransactionsRequest {
             user_id: String::new(),
             start_after: cursor.clone(),
-            types: vec![],
+            ..Default::default()
         };
         let mut stream = client
             .watch_transactions(request)
