@@ -121,3 +121,14 @@ if [[ "$watch_status" -ne 0 && "$watch_status" -ne 68 ]]; then
   echo "WatchBalance failed (grpcurl exit $watch_status)" >&2
   exit 1
 fi
+
+# Low-balance alerts: one event per downward crossing, in the crossing
+# write's transaction (its event_id is the key for the top-up it leads to).
+call "Set a low-balance alert at 90 (armed: the balance is 95)" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\", \"threshold\": 90, \"idempotency_key\": \"$USER_ID-alert-1\"}" \
+  "$ADDR" credit.v1.CreditService/SetBalanceAlert
+call "Spend 10: 95 -> 85 crosses 90" -plaintext \
+  -d "{\"user_id\": \"$USER_ID\", \"amount\": 10, \"idempotency_key\": \"$USER_ID-spend-3\"}" \
+  "$ADDR" credit.v1.CreditService/Spend
+call "The alert's events: one" -plaintext -d "{\"user_id\": \"$USER_ID\"}" \
+  "$ADDR" credit.v1.CreditService/ListAlertEvents

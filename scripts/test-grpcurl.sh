@@ -101,10 +101,10 @@ for run in 1 2; do
   expect "$transcript" 6 "Code: FailedPrecondition"
   expect "$transcript" 6 '"@type":"type.googleapis.com/google.rpc.ErrorInfo"'
   expect "$transcript" 6 '"reason":"INSUFFICIENT_BALANCE"'
-  # Run 2 starts after run 1's capture of 20, grant of 50 and spend of 5:
-  # 95 left.
-  left=$([[ $run -eq 1 ]] && echo 70 || echo 95)
-  after=$([[ $run -eq 1 ]] && echo 50 || echo 95)
+  # Run 2 starts after run 1's capture of 20, grant of 50 and spends of 5
+  # and 10: 85 left.
+  left=$([[ $run -eq 1 ]] && echo 70 || echo 85)
+  after=$([[ $run -eq 1 ]] && echo 50 || echo 85)
   expect "$transcript" 6 "\"metadata\":{\"availableBalance\":\"$left\",\"requestedAmount\":\"500\"}"
   expect "$transcript" 6 "(grpcurl exited with status 73)"
   expect "$transcript" 7 "\"balance\": \"$left\""
@@ -142,6 +142,17 @@ for run in 1 2; do
       echo "FAIL step 16 streams: $order" >&2
       failures=$((failures + 1))
     fi
+  fi
+  expect "$transcript" 17 '"threshold": "90"'
+  expect "$transcript" 18 '"balance": "85"'
+  expect "$transcript" 19 '"balanceBefore": "95"'
+  expect "$transcript" 19 '"balanceAfter": "85"'
+  events="$(section "$transcript" 19 | grep -c '"eventId"' || true)"
+  if [[ "$events" == 1 ]]; then
+    echo "ok   step 19 lists one event"
+  else
+    echo "FAIL step 19 lists $events events" >&2
+    failures=$((failures + 1))
   fi
 done
 
