@@ -1,47 +1,52 @@
-"""Keeps a user's credits topped up: watches the balance and tops up by
-AMOUNT whenever what is available falls below THRESHOLD.
+"""Tops a user up whenever a write takes the balance below THRESHOLD, driven
+by the ledger's balance alert events: sets an alert, watches the user's alert
+events and tops up by AMOUNT once for every event.
 
     python examples/auto_topup.py [HOST:PORT] [API_KEY] [--user USER_ID]
-        [--threshold N] [--amount N] [--max-top-ups N]
+        [--threshold N] [--amount N] [--cursor-file PATH] [--max-events N]
 
-With --user it watches that user until stopped (or --max-top-ups); the key
-needs the service role (top-ups) or admin. Without --user it runs a demo: a
-new user whose credits another thread spends, two top-ups, and a replay of
-the last one that the server applies once.
+With --user it keeps that user topped up until stopped (or --max-events
+events). With --cursor-file it starts right after the cursor stored there
+(from now when the file does not exist yet) and stores the cursor of every
+event it handled, so a restart goes on where it stopped. The key needs the
+service role (alerts, top-ups). Without --user it runs a demo: a new user,
+two consumers at once on the same events, two crossings, and a consumer
+restarted from an older cursor; the user is topped up once per crossing.
 """
 
 from __future__ import annotations
 
 import argparse
-import threading
-import time
+import os
 import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from pathlib import Path
 
-from credit_client import CreditClient, IdempotencyKeyReused, pb
+from credit_client import CreditClient, IdempotencyKeyReused, RetryPolicy, pb
+
+#: Rides out a server restart: a watch reconnects for about half a minute.
+PATIENT = RetryPolicy(max_attempts=30, max_backoff=1.0)
 
 
-def top_up_key(user_id: str, last_sequence: int) -> str:
-    """The idempotency key of the top-up for the balance after ``last_sequence``."""
-    return f"auto-top-up:{user_id}:{last_sequence}"
-
-
-def top_up_after(
-    credits: CreditClient, user_id: str, last_sequence: int, amount: int
-) -> pb.TopUpResponse:
-    # The key names the balance that was too low (the user's state after
-    # transaction #last_sequence), not this process or this attempt. Whoever
-    # sees that state sends the same key: a retry after a lost reply, this
-    # program restarted after a crash (the watch starts again with the current
-    # balance, which is that state if the top-up never landed), a second copy
-    # running beside it. The server applies one top-up per key and answers the
-    # others with the same transaction, so no state is ever topped up twice.
-    # Once the top-up lands the sequence moves on, so a balance still too low
-    # after it (a big spend) gets a new key and another top-up.
+def top_up_for(credits: CreditClient, event: pb.AlertEvent, amount: int) -> pb.TopUpResponse:
+    # The key is the event's id, which the ledger made when it recorded the
+    # crossing (in the same transaction as the write that crossed): it names
+    # the crossing, not this process or this attempt. The client sends it
+    # again on every retry of this call (a lost reply); a consumer that
+    # crashed after the top-up but before it stored the cursor sees the event
+    # again when it restarts and sends it again; a second copy running beside
+    # this one sends it too. The server applies one top-up per key and answers
+    # the others with the original transaction, so each crossing is topped up
+    # exactly once. A top-up that lifts the balance back to the threshold or
+    # above re-arms the alert: the next crossing is a new event, with a new id.
     return credits.top_up(
-        user_id,
+        event.user_id,
         amount,
-        idempotency_key=top_up_key(user_id, last_sequence),
-        metadata={"reason": "auto top-up", "afterSequence": str(last_sequence)},
+        idempotency_key=event.event_id,
+        metadata={"reason": "auto top-up", "alertEventId": event.event_id},
     )
 
 
@@ -51,53 +56,140 @@ def keep_topped_up(
     *,
     threshold: int,
     amount: int,
-    max_top_ups: int | None = None,
-) -> dict[int, pb.TopUpResponse]:
-    """Tops up by ``amount`` whenever the available balance is below
-    ``threshold``; returns after ``max_top_ups`` top-ups (never when None),
-    each by the sequence of the balance that was too low."""
-    done: dict[int, pb.TopUpResponse] = {}
-    # The current balance first, then one per change; the watch reconnects by
-    # itself when the server restarts. Leaving the loop cancels it.
-    for balance in credits.watch_balance(user_id):
-        if balance.available >= threshold:
-            continue
-        try:
-            reply = top_up_after(credits, user_id, balance.last_sequence, amount)
-        except IdempotencyKeyReused:
-            continue  # topped up for this state already, by a run with another amount
-        print(
-            f"available {balance.available} < {threshold} after #{balance.last_sequence}: "
-            f"topped up {amount} -> {reply.balance}"
+    start_after: str | None = None,
+    store: Callable[[str], None] = lambda cursor: None,
+    max_events: int | None = None,
+    log: bool = True,
+) -> list[pb.TopUpResponse]:
+    """Sets an alert at ``threshold`` and tops up by ``amount`` once for every
+    event of it, from right after ``start_after`` (a stored cursor) or from
+    now; ``store`` keeps the cursor of each event handled. Returns the top-ups
+    after ``max_events`` events (never when None)."""
+    done: list[pb.TopUpResponse] = []
+    handled = 0
+    # Alert events only; the watch reconnects by itself (a server restart)
+    # right after the last cursor it yielded. Closing it cancels the call.
+    with closing(
+        credits.watch_transactions(
+            user_id, start_after=start_after, content=pb.FEED_CONTENT_ALERT_EVENTS
         )
-        done[balance.last_sequence] = reply
-        if max_top_ups is not None and len(done) >= max_top_ups:
-            break
+    ) as feed:
+        if start_after is None:
+            # From now, the first message is a heartbeat with the cursor where
+            # the feed starts: read it before setting the alert, so every
+            # event of the alert comes after that start.
+            store(next(feed).cursor)
+        # A threshold the user already has an alert for returns that alert,
+        # so every copy of this consumer, and every restart, gets the same one.
+        alert = credits.set_balance_alert(user_id, threshold)
+        for message in feed:
+            event = message.alert_event
+            if event is None or event.alert_id != alert.alert_id:
+                continue  # a heartbeat, or an event of another alert of this user
+            try:
+                reply: pb.TopUpResponse | None = top_up_for(credits, event, amount)
+            except IdempotencyKeyReused:
+                reply = None  # this event was topped up before, by a run with another amount
+            # Stored only now, after the top-up: a crash before this line
+            # replays the event, which its key makes harmless; storing the
+            # cursor first could lose the event.
+            store(message.cursor)
+            if reply is not None:
+                done.append(reply)
+                if log:
+                    print(
+                        f"{event.balance_before} -> {event.balance_after} (below {event.threshold}) "
+                        f"at #{event.sequence}: topped up {amount} -> {reply.balance}"
+                    )
+            handled += 1
+            if max_events is not None and handled >= max_events:
+                break
     return done
+
+
+def load_cursor(path: Path) -> str | None:
+    """The cursor stored in ``path``, or None (start from now) when there is none."""
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def save_cursor(path: Path, cursor: str) -> None:
+    # A new file renamed over the old one: a crash leaves the old cursor or
+    # the new one, never half of one.
+    new = path.with_name(path.name + ".new")
+    new.write_text(cursor + "\n")
+    os.replace(new, path)
+
+
+def event_top_ups(credits: CreditClient, user_id: str) -> tuple[int, int]:
+    """How many alert events the user has, and how many top-ups were made for them."""
+    events = list(credits.iter_alert_events(user_id))
+    keys = Counter(t.idempotency_key for t in credits.iter_transactions(user_id, types=["TOP_UP"]))
+    return len(events), sum(keys[event.event_id] for event in events)
+
+
+def wait_for_write_after(credits: CreditClient, user_id: str, sequence: int) -> None:
+    """Returns once the user has a transaction after ``sequence`` (a consumer's top-up)."""
+    with closing(credits.watch_balance(user_id)) as balances:
+        for balance in balances:
+            if balance.last_sequence > sequence:
+                return
 
 
 def demo(credits: CreditClient, threshold: int, amount: int) -> None:
     user_id = f"example-{uuid.uuid4().hex[:8]}"
     credits.create_user(user_id, f"{user_id}@example.com")
-    credits.top_up(user_id, 30)
+    credits.top_up(user_id, threshold + 10)
+    alert = credits.set_balance_alert(user_id, threshold)
+    print(f"alert below {threshold}: armed {alert.armed}")
 
-    def spend_it() -> None:
-        credits.spend(user_id, 15)  # 30 -> 15: below the threshold
-        deadline = time.monotonic() + 30
-        while credits.get_balance(user_id).balance < amount and time.monotonic() < deadline:
-            time.sleep(0.02)  # until the top-up lands
-        credits.spend(user_id, amount)  # and down again
+    # Where the user's alert events stand now: both consumers start right
+    # after it, as if they had stored it on an earlier run.
+    with closing(credits.watch_transactions(user_id, content="ALERT_EVENTS")) as feed:
+        start = next(feed).cursor
+    stored: dict[str, list[str]] = {"a": [], "b": []}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        consumers = [
+            pool.submit(
+                keep_topped_up,
+                credits,
+                user_id,
+                threshold=threshold,
+                amount=amount,
+                start_after=start,
+                store=cursors.append,
+                max_events=2,
+                log=False,
+            )
+            for cursors in stored.values()
+        ]
+        first = credits.spend(user_id, 15)  # threshold + 10 -> threshold - 5: a crossing
+        wait_for_write_after(credits, user_id, first.transaction.sequence)  # topped up, re-armed
+        second = credits.spend(user_id, amount)  # down to threshold - 5 again: another
+        wait_for_write_after(credits, user_id, second.transaction.sequence)
+        a, b = (consumer.result() for consumer in consumers)
+    events, top_ups = event_top_ups(credits, user_id)
+    balance = credits.get_balance(user_id).balance
+    print(f"alert events: {events}, top-ups for them: {top_ups}, balance {balance}")
+    print("both consumers got the same top-ups:", [r.transaction for r in a] == [r.transaction for r in b])
 
-    spender = threading.Thread(target=spend_it)
-    spender.start()
-    done = keep_topped_up(credits, user_id, threshold=threshold, amount=amount, max_top_ups=2)
-    spender.join()
-    print(f"balance {credits.get_balance(user_id).balance} after {len(done)} top-ups")
-
-    # A restart that saw the same low balance again sends the same key.
-    sequence, last = list(done.items())[-1]
-    again = top_up_after(credits, user_id, sequence, amount)
-    print("replayed top-up applied once:", again.transaction == last.transaction)
+    # A consumer that crashed before it stored its last cursor starts from the
+    # one before: it sees the second event again, and tops up nothing new.
+    replayed = keep_topped_up(
+        credits,
+        user_id,
+        threshold=threshold,
+        amount=amount,
+        start_after=stored["a"][0],
+        max_events=1,
+        log=False,
+    )
+    print(
+        f"restarted from an older cursor: {len(replayed)} event again, "
+        f"top-ups for them still {event_top_ups(credits, user_id)[1]}"
+    )
 
 
 def main() -> None:
@@ -107,19 +199,29 @@ def main() -> None:
     parser.add_argument("--user", help="the user to keep topped up (default: a demo user)")
     parser.add_argument("--threshold", type=int, default=20)
     parser.add_argument("--amount", type=int, default=100)
-    parser.add_argument("--max-top-ups", type=int, default=None)
+    parser.add_argument("--cursor-file", type=Path, help="where to keep the feed cursor")
+    parser.add_argument("--max-events", type=int, default=None)
     options = parser.parse_args()
-    with CreditClient(options.target, api_key=options.api_key) as credits:
-        if options.user is None:
+    if options.user is None:
+        with CreditClient(options.target, api_key=options.api_key) as credits:
             demo(credits, options.threshold, options.amount)
-        else:
-            keep_topped_up(
-                credits,
-                options.user,
-                threshold=options.threshold,
-                amount=options.amount,
-                max_top_ups=options.max_top_ups,
-            )
+        return
+    path: Path | None = options.cursor_file
+
+    def store(cursor: str) -> None:
+        if path is not None:
+            save_cursor(path, cursor)
+
+    with CreditClient(options.target, api_key=options.api_key, retry=PATIENT) as credits:
+        keep_topped_up(
+            credits,
+            options.user,
+            threshold=options.threshold,
+            amount=options.amount,
+            start_after=None if path is None else load_cursor(path),
+            store=store,
+            max_events=options.max_events,
+        )
 
 
 if __name__ == "__main__":

@@ -82,6 +82,18 @@ REASONS: dict[str, tuple[grpc.StatusCode, type[CreditError], dict[str, str], boo
         {"holdId": "h", "expireTime": "2030-01-02T03:04:05+00:00"},
         False,
     ),
+    "ALERT_NOT_FOUND": (
+        grpc.StatusCode.NOT_FOUND,
+        credit_client.AlertNotFound,
+        {"userId": "u", "alertId": "a"},
+        False,
+    ),
+    "TOO_MANY_ALERTS": (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        credit_client.TooManyAlerts,
+        {"limit": "20"},
+        False,
+    ),
     "PERMISSION_DENIED": (grpc.StatusCode.PERMISSION_DENIED, credit_client.PermissionDenied, {}, False),
     "UNAUTHENTICATED": (grpc.StatusCode.UNAUTHENTICATED, credit_client.Unauthenticated, {}, False),
     "OVERLOADED": (grpc.StatusCode.RESOURCE_EXHAUSTED, credit_client.Overloaded, {}, True),
@@ -178,6 +190,13 @@ def test_typed_metadata_attributes() -> None:
     streams = make("TOO_MANY_STREAMS")
     assert isinstance(streams, credit_client.TooManyStreams)
     assert (streams.resource, streams.limit) == ("streamsPerKey", 100)
+    alert = make("ALERT_NOT_FOUND")
+    assert isinstance(alert, credit_client.AlertNotFound)
+    assert isinstance(alert, credit_client.NotFound)
+    assert (alert.user_id, alert.alert_id) == ("u", "a")
+    alerts = make("TOO_MANY_ALERTS")
+    assert isinstance(alerts, credit_client.TooManyAlerts)
+    assert alerts.limit == 20
     # A shutdown is an Unavailable: ``except Unavailable`` catches it too.
     assert isinstance(make("SHUTTING_DOWN"), credit_client.Unavailable)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -68,28 +69,63 @@ def test_async_example(server_target: str) -> None:
 def test_auto_topup_example(server_target: str) -> None:
     out = run("auto_topup.py", server_target)
     assert out.splitlines() == [
-        "available 15 < 20 after #2: topped up 100 -> 115",
-        "available 15 < 20 after #4: topped up 100 -> 115",
-        "balance 115 after 2 top-ups",
-        "replayed top-up applied once: True",
+        "alert below 20: armed True",
+        "alert events: 2, top-ups for them: 2, balance 115",
+        "both consumers got the same top-ups: True",
+        "restarted from an older cursor: 1 event again, top-ups for them still 2",
     ]
 
 
-def test_auto_topup_example_watches_a_given_user(server_target: str) -> None:
+def test_auto_topup_example_keeps_a_given_user_topped_up(server_target: str, tmp_path: Path) -> None:
     from credit_client import CreditClient
 
     user_id = f"py-{uuid.uuid4()}"
+    cursor_file = tmp_path / "cursor"
+    args = ("--user", user_id, "--threshold", "10", "--amount", "50", "--max-events", "1")
+    args += ("--cursor-file", str(cursor_file))
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "auto_topup.py"), server_target, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=EXAMPLES,
+        )
+
+    def finish(process: subprocess.Popen[str]) -> str:
+        try:
+            out, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
+        assert process.returncode == 0, f"auto_topup.py failed:\n{out}\n{err}"
+        return out
+
     with CreditClient(server_target) as credits:
         credits.create_user(user_id, f"{user_id}@example.com")
-        credits.top_up(user_id, 5)
-        args = ("--user", user_id, "--threshold", "10", "--amount", "50", "--max-top-ups", "1")
-        out = run("auto_topup.py", server_target, *args)
-        assert out.strip() == "available 5 < 10 after #1: topped up 50 -> 55"
-        # The key names the state that was too low (after #1), so a restart
-        # that saw it again would send the same one.
+        credits.top_up(user_id, 30)
+        # The first run (no cursor stored yet) watches from now, then sets the alert.
+        process = start()
+        deadline = time.monotonic() + 30
+        while not credits.get_balance(user_id).alerts:
+            assert time.monotonic() < deadline and process.poll() is None, "no alert was set"
+            time.sleep(0.02)
+        credits.spend(user_id, 25)  # 30 -> 5
+        assert finish(process).strip() == "30 -> 5 (below 10) at #2: topped up 50 -> 55"
+        [event] = credits.list_alert_events(user_id).events
         top_up = next(credits.iter_transactions(user_id, types=["TOP_UP"]))
-        assert top_up.idempotency_key == f"auto-top-up:{user_id}:1"
-        assert credits.get_balance(user_id).balance == 55
+        assert top_up.idempotency_key == event.event_id
+        stored = cursor_file.read_text().strip()
+        assert stored
+
+        # A restart goes on after the stored cursor: the next crossing only.
+        process = start()
+        credits.spend(user_id, 50)  # 55 -> 5 (the top-up re-armed the alert)
+        assert finish(process).strip() == "55 -> 5 (below 10) at #4: topped up 50 -> 55"
+        assert cursor_file.read_text().strip() != stored
+        keys = [t.idempotency_key for t in credits.iter_transactions(user_id, types=["TOP_UP"])]
+        assert keys[:2] == [e.event_id for e in credits.list_alert_events(user_id).events]
+        assert len(credits.get_balance(user_id).alerts) == 1  # both runs used the same alert
 
 
 def test_tls_example(tls_server: Server) -> None:

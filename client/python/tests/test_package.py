@@ -44,11 +44,11 @@ def test_every_rpc_has_a_method_on_both_clients() -> None:
                     f"AsyncCreditClient.{name} is not async"
                 )
     assert not missing, "RPCs without a client method: " + ", ".join(missing)
-    assert len(service.methods) >= 18
+    assert len(service.methods) >= 21
     # The latest RPCs, so a stale generated module fails here too.
-    assert {"Reserve", "ListHolds", "ListLots", "WatchTransactions", "WatchBalance"} <= set(
-        service.methods_by_name
-    )
+    latest = {"Reserve", "ListHolds", "ListLots", "WatchTransactions", "WatchBalance"}
+    latest |= {"SetBalanceAlert", "DeleteBalanceAlert", "ListAlertEvents"}
+    assert latest <= set(service.methods_by_name)
 
 
 def test_both_clients_have_the_same_methods_and_parameters() -> None:
@@ -60,7 +60,14 @@ def test_both_clients_have_the_same_methods_and_parameters() -> None:
         }
 
     assert public(CreditClient) == public(AsyncCreditClient)
-    iterators = ("iter_transactions", "iter_holds", "iter_lots", "watch_transactions", "watch_balance")
+    iterators = (
+        "iter_transactions",
+        "iter_holds",
+        "iter_lots",
+        "iter_alert_events",
+        "watch_transactions",
+        "watch_balance",
+    )
     for name in iterators:
         assert inspect.isasyncgenfunction(getattr(AsyncCreditClient, name)), name
     assert "next_page_token" in credit_pb2.ListTransactionsResponse.DESCRIPTOR.fields_by_name

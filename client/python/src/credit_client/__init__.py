@@ -19,7 +19,9 @@ come in lots (``top_up`` and ``grant`` take ``expire_time`` and
 ``priority``, ``grant`` a ``category``; ``list_lots`` and ``iter_lots`` list
 them in draw order). ``watch_transactions`` follows the ledger as it changes
 (resuming after a cursor, reconnecting by itself) and ``watch_balance`` a
-user's balance. Failures raise a :class:`CreditError` subclass picked by
+user's balance. Low-balance alerts (``set_balance_alert``) record an event
+each time a write takes a balance below a threshold; ``list_alert_events``
+lists them and ``watch_transactions(content="ALERT_EVENTS")`` streams them. Failures raise a :class:`CreditError` subclass picked by
 the server's google.rpc.ErrorInfo reason. The generated messages are in
 ``credit_client.v1.credit_pb2`` (also exported here as ``pb``).
 """
@@ -28,6 +30,7 @@ from ._aio import AsyncCreditClient
 from ._config import DEFAULT_DEADLINE, TlsConfig
 from ._errors import (
     ERROR_DOMAIN,
+    AlertNotFound,
     AlreadyExists,
     BalanceOverflow,
     Conflict,
@@ -50,6 +53,7 @@ from ._errors import (
     RefundExceedsOriginal,
     ShuttingDown,
     SlowConsumer,
+    TooManyAlerts,
     TooManyStreams,
     TransactionNotFound,
     Unauthenticated,
@@ -60,6 +64,7 @@ from ._errors import (
 )
 from ._requests import (
     CreditCategoryLike,
+    FeedContentLike,
     HoldStateLike,
     Metadata,
     TimeLike,
@@ -80,6 +85,7 @@ __all__ = [
     "DEFAULT_DEADLINE",
     "ERROR_DOMAIN",
     "RETRYABLE_CODES",
+    "AlertNotFound",
     "AlreadyExists",
     "AsyncCreditClient",
     "BalanceOverflow",
@@ -90,6 +96,7 @@ __all__ = [
     "DatabaseUnavailable",
     "DeadlineExceeded",
     "EmailAlreadyExists",
+    "FeedContentLike",
     "FeedMessage",
     "FieldViolation",
     "HoldExpired",
@@ -111,6 +118,7 @@ __all__ = [
     "SlowConsumer",
     "TimeLike",
     "TlsConfig",
+    "TooManyAlerts",
     "TooManyStreams",
     "TransactionNotFound",
     "TransactionTypeLike",

@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 __all__ = [
     "ERROR_DOMAIN",
+    "AlertNotFound",
     "BalanceOverflow",
     "Conflict",
     "CreditError",
@@ -45,6 +46,7 @@ __all__ = [
     "RefundExceedsOriginal",
     "ShuttingDown",
     "SlowConsumer",
+    "TooManyAlerts",
     "TooManyStreams",
     "TransactionNotFound",
     "Unauthenticated",
@@ -138,7 +140,7 @@ class BalanceOverflow(CreditError):
 
 
 class NotFound(CreditError):
-    """The user, transaction or hold does not exist (see the subclasses)."""
+    """The user, transaction, hold or alert does not exist (see the subclasses)."""
 
 
 class UserNotFound(NotFound):
@@ -297,6 +299,36 @@ class HoldExpired(CreditError):
         return datetime.fromisoformat(self.metadata["expireTime"].replace("Z", "+00:00"))
 
 
+class AlertNotFound(NotFound):
+    """The user has no balance alert with this id (a removed one still counts
+    as found: removing it again returns it)."""
+
+    REASON = "ALERT_NOT_FOUND"
+    REQUIRED_METADATA = ("alertId",)
+
+    @property
+    def user_id(self) -> str:
+        """The user asked about ("" if the server did not say)."""
+        return self.metadata.get("userId", "")
+
+    @property
+    def alert_id(self) -> str:
+        return self.metadata["alertId"]
+
+
+class TooManyAlerts(CreditError):
+    """The user already has ``limit`` balance alerts in force
+    (FAILED_PRECONDITION); remove one before setting another."""
+
+    REASON = "TOO_MANY_ALERTS"
+    REQUIRED_METADATA = ("limit",)
+
+    @property
+    def limit(self) -> int:
+        """How many alerts in force one user may have."""
+        return self._int("limit")
+
+
 class PermissionDenied(CreditError):
     """The credentials do not allow this call."""
 
@@ -408,6 +440,8 @@ _BY_REASON: dict[str, type[CreditError]] = {
         HoldNotFound,
         HoldNotActive,
         HoldExpired,
+        AlertNotFound,
+        TooManyAlerts,
         PermissionDenied,
         Unauthenticated,
         Overloaded,
@@ -518,6 +552,7 @@ _TEXT_KEYS = (
     "idempotencyKey",
     "transactionType",
     "holdId",
+    "alertId",
     "state",
     "resource",
 )

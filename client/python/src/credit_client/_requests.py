@@ -15,6 +15,7 @@ from .v1 import credit_pb2 as pb
 
 __all__ = [
     "CreditCategoryLike",
+    "FeedContentLike",
     "HoldStateLike",
     "Metadata",
     "TimeLike",
@@ -39,6 +40,10 @@ HoldStateLike = Union["pb.HoldState.ValueType", int, str]
 #: A lot's category: ``pb.CREDIT_CATEGORY_PAID``, or its name ("paid", "PAID" or
 #: "CREDIT_CATEGORY_PAID").
 CreditCategoryLike = Union["pb.CreditCategory.ValueType", int, str]
+#: What a transaction watch carries: ``pb.FEED_CONTENT_ALERT_EVENTS``, or its name
+#: ("alert_events", "ALERT_EVENTS" or "FEED_CONTENT_ALERT_EVENTS"; likewise
+#: "TRANSACTIONS_AND_ALERT_EVENTS"); None or UNSPECIFIED: transactions only.
+FeedContentLike = Union["pb.FeedContent.ValueType", int, str]
 #: How long a hold lasts: seconds, a timedelta or a protobuf Duration.
 TtlLike = Union[float, int, timedelta, duration_pb2.Duration]
 
@@ -110,6 +115,19 @@ def credit_category(value: CreditCategoryLike | None) -> pb.CreditCategory.Value
     if value not in pb.CreditCategory.values():
         raise ValueError(f"unknown credit category {value}")
     return cast("pb.CreditCategory.ValueType", value)
+
+
+def feed_content(value: FeedContentLike | None) -> pb.FeedContent.ValueType:
+    if value is None:
+        return pb.FEED_CONTENT_UNSPECIFIED
+    if isinstance(value, str):
+        name = value.upper()
+        if not name.startswith("FEED_CONTENT_"):
+            name = "FEED_CONTENT_" + name
+        return pb.FeedContent.Value(name)
+    if value not in pb.FeedContent.values():
+        raise ValueError(f"unknown feed content {value}")
+    return cast("pb.FeedContent.ValueType", value)
 
 
 def duration(value: TtlLike) -> duration_pb2.Duration:
@@ -353,16 +371,51 @@ def next_page(
     return following
 
 
+def set_balance_alert(
+    user_id: str, threshold: int, idempotency_key: str | None
+) -> pb.SetBalanceAlertRequest:
+    # A negative threshold goes to the server, which says what is wrong with it.
+    return pb.SetBalanceAlertRequest(
+        user_id=user_id, threshold=threshold, idempotency_key=key_or_new(idempotency_key)
+    )
+
+
+def list_alert_events(user_id: str, *, page_size: int, page_token: str) -> pb.ListAlertEventsRequest:
+    return pb.ListAlertEventsRequest(
+        user_id=user_id, page_size=min(page_size, 1000), page_token=page_token
+    )
+
+
+def next_alert_event_page(
+    request: pb.ListAlertEventsRequest, page: pb.ListAlertEventsResponse
+) -> pb.ListAlertEventsRequest | None:
+    """The request for the page of alert events after ``page``, or None after the last."""
+    token = page.next_page_token
+    if not token:
+        return None
+    if token == request.page_token:
+        raise CreditError(
+            grpc.StatusCode.INTERNAL, "invalid response: the server returned the page token it was given"
+        )
+    following = pb.ListAlertEventsRequest()
+    following.CopyFrom(request)
+    following.page_token = token
+    return following
+
+
 def watch_transactions(
     user_id: str | None,
     start_after: str | None,
     types: Iterable[TransactionTypeLike] | None,
+    content: FeedContentLike | None = None,
 ) -> pb.WatchTransactionsRequest:
     # An empty user_id watches every user (the server asks for the admin role).
+    # A reconnect copies the whole request, so types and content stay as given.
     return pb.WatchTransactionsRequest(
         user_id=user_id or "",
         start_after=start_after or "",
         types=[transaction_type(t) for t in types or ()],
+        content=feed_content(content),
     )
 
 

@@ -14,6 +14,7 @@ from ._config import DEFAULT_DEADLINE, ChannelOptions, TlsConfig, auth_metadata,
 from ._errors import from_rpc_error, status_code
 from ._requests import (
     CreditCategoryLike,
+    FeedContentLike,
     HoldStateLike,
     Metadata,
     TimeLike,
@@ -119,7 +120,8 @@ class CreditClient:
         """The user's balance (``.balance``), what active holds keep (``.held``) and
         what may be spent (``.available``), its ``.paid`` and ``.promotional`` parts, when
         credits next expire (``.next_expire_time``, ``.next_expiring_amount``), when it last
-        changed and its latest sequence."""
+        changed and its latest sequence, and the balance alerts in force (``.alerts``,
+        lowest threshold first)."""
         return self._call(self._stub.GetBalance, pb.GetBalanceRequest(user_id=user_id))
 
     # --- writes ----------------------------------------------------------
@@ -374,6 +376,52 @@ class CreditClient:
             yield from page.lots
             request = req.next_lot_page(request, page)
 
+    # --- balance alerts --------------------------------------------------
+
+    def set_balance_alert(
+        self, user_id: str, threshold: int, *, idempotency_key: str | None = None
+    ) -> pb.BalanceAlert:
+        """Sets a low-balance alert: when a write takes the user's balance from
+        ``threshold`` or more to below it, the ledger records one AlertEvent in
+        that write's transaction (once per downward crossing; the alert re-arms
+        when a later write leaves the balance at or above the threshold).
+        Returns the alert, ``armed`` when the balance is at or above the
+        threshold now. A threshold that an alert in force already has returns
+        that alert; the same ``idempotency_key`` returns the same alert, even
+        after it was removed (one is made per call when none is given, and
+        every retry reuses it). Raises InvalidArgument (a negative threshold),
+        UserNotFound, IdempotencyKeyReused (the key was used with another
+        threshold) or TooManyAlerts. Needs the service role."""
+        request = req.set_balance_alert(user_id, threshold, idempotency_key)
+        return self._call(self._stub.SetBalanceAlert, request).alert
+
+    def delete_balance_alert(self, user_id: str, alert_id: str) -> pb.BalanceAlert:
+        """Removes an alert and returns it with ``deleted_at`` set; removing it
+        again returns the same. Raises AlertNotFound. Needs the service role."""
+        request = pb.DeleteBalanceAlertRequest(user_id=user_id, alert_id=alert_id)
+        return self._call(self._stub.DeleteBalanceAlert, request).alert
+
+    def list_alert_events(
+        self, user_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListAlertEventsResponse:
+        """One page of the user's alert events (every downward crossing of one of
+        its alerts), newest first, with ``next_page_token`` ("" on the last
+        page). ``page_size`` 0 means the server's default (50)."""
+        request = req.list_alert_events(user_id, page_size=page_size, page_token=page_token)
+        return self._call(self._stub.ListAlertEvents, request)
+
+    def iter_alert_events(
+        self, user_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> Iterator[pb.AlertEvent]:
+        """Every alert event of the user, newest first, fetching pages as it is read."""
+        request: pb.ListAlertEventsRequest | None = req.list_alert_events(
+            user_id, page_size=page_size, page_token=page_token
+        )
+        while request is not None:
+            page = self._call(self._stub.ListAlertEvents, request)
+            yield from page.events
+            request = req.next_alert_event_page(request, page)
+
     # --- watches ---------------------------------------------------------
 
     def watch_transactions(
@@ -382,6 +430,7 @@ class CreditClient:
         *,
         start_after: str | None = None,
         types: Iterable[TransactionTypeLike] | None = None,
+        content: FeedContentLike | None = None,
         resume: bool = True,
     ) -> Generator[FeedMessage, None, None]:
         """Every transaction committed for ``user_id`` (None: every user, admin
@@ -389,7 +438,13 @@ class CreditClient:
         with ``.transaction`` (None in a heartbeat, sent every few seconds when
         nothing happens) and ``.cursor``. Starts right after ``start_after`` (a
         cursor of an earlier message) or, without it, from now; ``types``
-        keeps only those transaction types.
+        keeps only those transaction types. ``content`` says what the feed
+        carries: None or ``pb.FEED_CONTENT_UNSPECIFIED`` transactions only,
+        ``"TRANSACTIONS_AND_ALERT_EVENTS"`` also balance alert events (each
+        right after the transaction that crossed the threshold),
+        ``"ALERT_EVENTS"`` alert events only (``types`` is then ignored). An
+        event's message has ``.alert_event`` set and no transaction; a
+        reconnect keeps ``types`` and ``content``.
 
         The call starts when the first message is asked for and lasts until
         the generator is closed (``close()``, or dropped after a ``break``),
@@ -400,7 +455,7 @@ class CreditClient:
         raised once the policy's attempts pass without a message. Other
         failures raise at once (InvalidArgument for a bad cursor,
         PermissionDenied, TooManyStreams, ...)."""
-        feed = TransactionFeed(req.watch_transactions(user_id, start_after, types))
+        feed = TransactionFeed(req.watch_transactions(user_id, start_after, types, content))
         reconnects = Reconnects(self._retry, resume)
         while True:
             call = self._stub.WatchTransactions(feed.request(), metadata=self._metadata)

@@ -1,15 +1,17 @@
 """Watches (WatchTransactions, WatchBalance): the feed message both clients
-yield, and when a watch reconnects by itself (the same rules for both).
+yield (a transaction, a balance alert event, or a heartbeat), and when a
+watch reconnects by itself (the same rules for both).
 
 A watch is a long-lived server stream, so it has no deadline. The server
 ends one with UNAVAILABLE (SHUTTING_DOWN, or the transport failed),
 RESOURCE_EXHAUSTED SLOW_CONSUMER (the consumer read too slowly) or, rarely,
 without an error; with ``resume=True`` the watch then reconnects after the
 retry policy's backoff, right after the cursor of the last message it
-yielded, so every transaction comes exactly once. A message resets the
-attempt count; when the policy's attempts are used up without one, the last
-error is raised. Every other failure (INVALID_ARGUMENT, PERMISSION_DENIED,
-NOT_FOUND, TOO_MANY_STREAMS, ...) raises its typed error at once.
+yielded (with the same user, types and content), so every transaction and
+alert event comes exactly once. A message resets the attempt count; when
+the policy's attempts are used up without one, the last error is raised.
+Every other failure (INVALID_ARGUMENT, PERMISSION_DENIED, NOT_FOUND,
+TOO_MANY_STREAMS, ...) raises its typed error at once.
 """
 
 from __future__ import annotations
@@ -28,26 +30,32 @@ __all__ = ["FeedMessage"]
 
 @dataclass(frozen=True)
 class FeedMessage:
-    """One message of ``watch_transactions``: a transaction, or a heartbeat.
+    """One message of ``watch_transactions``: a transaction, a balance alert
+    event, or a heartbeat (neither).
 
     ``transaction`` is None in a heartbeat (the server sends one every few
-    seconds when nothing matching happens). ``cursor`` is the position in the
-    feed: store it with what you did with the message, and a new watch with
-    ``start_after=cursor`` gives everything after it exactly once.
+    seconds when nothing matching happens) and in an alert event's message.
+    ``alert_event`` is set only when the watch's ``content`` asks for alert
+    events (it comes right after the transaction that crossed the threshold);
+    None otherwise. ``cursor`` is the position in the feed: store it with what
+    you did with the message, and a new watch with ``start_after=cursor``
+    gives everything after it exactly once.
     """
 
     transaction: pb.Transaction | None
     cursor: str
+    alert_event: pb.AlertEvent | None = None
 
     @property
     def is_heartbeat(self) -> bool:
-        """Whether this message carries no transaction."""
-        return self.transaction is None
+        """Whether this message carries neither a transaction nor an alert event."""
+        return self.transaction is None and self.alert_event is None
 
     @classmethod
     def from_response(cls, response: pb.WatchTransactionsResponse) -> FeedMessage:
         transaction = response.transaction if response.HasField("transaction") else None
-        return cls(transaction=transaction, cursor=response.cursor)
+        event = response.alert_event if response.HasField("alert_event") else None
+        return cls(transaction=transaction, cursor=response.cursor, alert_event=event)
 
 
 class TransactionFeed:

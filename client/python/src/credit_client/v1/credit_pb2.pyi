@@ -130,6 +130,30 @@ are available again from that instant.
 """
 Global___HoldState: _TypeAlias = HoldState  # noqa: Y015
 
+class _FeedContent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedContentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedContent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEED_CONTENT_UNSPECIFIED: _FeedContent.ValueType  # 0
+    """Transactions only."""
+    FEED_CONTENT_TRANSACTIONS_AND_ALERT_EVENTS: _FeedContent.ValueType  # 1
+    """Transactions and balance alert events."""
+    FEED_CONTENT_ALERT_EVENTS: _FeedContent.ValueType  # 2
+    """Balance alert events only (types is then ignored)."""
+
+class FeedContent(_FeedContent, metaclass=_FeedContentEnumTypeWrapper):
+    """What a WatchTransactions feed carries."""
+
+FEED_CONTENT_UNSPECIFIED: FeedContent.ValueType  # 0
+"""Transactions only."""
+FEED_CONTENT_TRANSACTIONS_AND_ALERT_EVENTS: FeedContent.ValueType  # 1
+"""Transactions and balance alert events."""
+FEED_CONTENT_ALERT_EVENTS: FeedContent.ValueType  # 2
+"""Balance alert events only (types is then ignored)."""
+Global___FeedContent: _TypeAlias = FeedContent  # noqa: Y015
+
 @_typing.final
 class Lot(_message.Message):
     """Credits that came in together (one TopUp or Grant, or a balance from
@@ -647,6 +671,7 @@ class GetBalanceResponse(_message.Message):
     PROMOTIONAL_FIELD_NUMBER: _builtins.int
     NEXT_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     NEXT_EXPIRING_AMOUNT_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user the balance belongs to."""
     balance: _builtins.int
@@ -673,6 +698,10 @@ class GetBalanceResponse(_message.Message):
     def next_expire_time(self) -> _timestamp_pb2.Timestamp:
         """The next time unearmarked credits expire; unset when none will."""
 
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BalanceAlert]:
+        """The user's balance alerts (not removed ones), lowest threshold first."""
+
     def __init__(
         self,
         *,
@@ -686,10 +715,11 @@ class GetBalanceResponse(_message.Message):
         promotional: _builtins.int = ...,
         next_expire_time: _timestamp_pb2.Timestamp | None = ...,
         next_expiring_amount: _builtins.int = ...,
+        alerts: _abc.Iterable[Global___BalanceAlert] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["next_expire_time", b"next_expire_time", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "held", b"held", "last_sequence", b"last_sequence", "next_expire_time", b"next_expire_time", "next_expiring_amount", b"next_expiring_amount", "paid", b"paid", "promotional", b"promotional", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "available", b"available", "balance", b"balance", "held", b"held", "last_sequence", b"last_sequence", "next_expire_time", b"next_expire_time", "next_expiring_amount", b"next_expiring_amount", "paid", b"paid", "promotional", b"promotional", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1725,11 +1755,16 @@ class WatchTransactionsRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     START_AFTER_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user to watch; empty: every user (needs the admin role)."""
     start_after: _builtins.str
     """Start right after this cursor (from an earlier message of this feed);
     empty: from now (only transactions committed after the call).
+    """
+    content: Global___FeedContent.ValueType
+    """What the feed carries: transactions (the default), transactions and
+    balance alert events, or alert events only.
     """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[Global___TransactionType.ValueType]:
@@ -1743,10 +1778,11 @@ class WatchTransactionsRequest(_message.Message):
         user_id: _builtins.str = ...,
         start_after: _builtins.str = ...,
         types: _abc.Iterable[Global___TransactionType.ValueType] | None = ...,
+        content: Global___FeedContent.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["start_after", b"start_after", "types", b"types", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "start_after", b"start_after", "types", b"types", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1754,11 +1790,14 @@ Global___WatchTransactionsRequest: _TypeAlias = WatchTransactionsRequest  # noqa
 
 @_typing.final
 class WatchTransactionsResponse(_message.Message):
-    """One message of WatchTransactions: a transaction, or a heartbeat."""
+    """One message of WatchTransactions: a transaction, an alert event, or a
+    heartbeat (neither).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TRANSACTION_FIELD_NUMBER: _builtins.int
+    ALERT_EVENT_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Opaque position in the feed: resume with start_after = cursor to get
@@ -1767,17 +1806,24 @@ class WatchTransactionsResponse(_message.Message):
     """
     @_builtins.property
     def transaction(self) -> Global___Transaction:
-        """The transaction; unset in a heartbeat."""
+        """The transaction; unset in a heartbeat and in an alert event's message."""
+
+    @_builtins.property
+    def alert_event(self) -> Global___AlertEvent:
+        """A balance alert event (only when the request's content asks for them);
+        it comes right after the transaction that crossed the threshold.
+        """
 
     def __init__(
         self,
         *,
         transaction: Global___Transaction | None = ...,
+        alert_event: Global___AlertEvent | None = ...,
         cursor: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert_event", b"alert_event", "transaction", b"transaction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "transaction", b"transaction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_event", b"alert_event", "cursor", b"cursor", "transaction", b"transaction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1828,3 +1874,275 @@ class WatchBalanceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchBalanceResponse: _TypeAlias = WatchBalanceResponse  # noqa: Y015
+
+@_typing.final
+class BalanceAlert(_message.Message):
+    """A low-balance alert of one user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    ARMED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DELETED_AT_FIELD_NUMBER: _builtins.int
+    alert_id: _builtins.str
+    """Server-assigned identifier."""
+    user_id: _builtins.str
+    """The user it watches."""
+    threshold: _builtins.int
+    """An event is recorded when the balance goes from >= threshold to below."""
+    armed: _builtins.bool
+    """Whether the next downward crossing records an event: true while the
+    balance is at or above the threshold since the last event (or since
+    the alert was set).
+    """
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was set."""
+
+    @_builtins.property
+    def deleted_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was removed; unset while it is in force."""
+
+    def __init__(
+        self,
+        *,
+        alert_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+        armed: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        deleted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deleted_at", b"deleted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "armed", b"armed", "created_at", b"created_at", "deleted_at", b"deleted_at", "threshold", b"threshold", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalanceAlert: _TypeAlias = BalanceAlert  # noqa: Y015
+
+@_typing.final
+class SetBalanceAlertRequest(_message.Message):
+    """Request for SetBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user to watch."""
+    threshold: _builtins.int
+    """The balance below which an event is recorded; 0 or more."""
+    idempotency_key: _builtins.str
+    """At most 128 characters; a retry with the same key returns the same
+    alert (even after it was removed). Empty: the threshold alone decides
+    (an alert in force with the same threshold is returned as it is).
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "threshold", b"threshold", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceAlertRequest: _TypeAlias = SetBalanceAlertRequest  # noqa: Y015
+
+@_typing.final
+class SetBalanceAlertResponse(_message.Message):
+    """Response of SetBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alert(self) -> Global___BalanceAlert:
+        """The alert (new, or the existing one for this key or threshold)."""
+
+    def __init__(
+        self,
+        *,
+        alert: Global___BalanceAlert | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceAlertResponse: _TypeAlias = SetBalanceAlertResponse  # noqa: Y015
+
+@_typing.final
+class DeleteBalanceAlertRequest(_message.Message):
+    """Request for DeleteBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user the alert belongs to."""
+    alert_id: _builtins.str
+    """The alert to remove."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        alert_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBalanceAlertRequest: _TypeAlias = DeleteBalanceAlertRequest  # noqa: Y015
+
+@_typing.final
+class DeleteBalanceAlertResponse(_message.Message):
+    """Response of DeleteBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alert(self) -> Global___BalanceAlert:
+        """The alert, removed."""
+
+    def __init__(
+        self,
+        *,
+        alert: Global___BalanceAlert | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBalanceAlertResponse: _TypeAlias = DeleteBalanceAlertResponse  # noqa: Y015
+
+@_typing.final
+class AlertEvent(_message.Message):
+    """One downward crossing of an alert's threshold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    BALANCE_BEFORE_FIELD_NUMBER: _builtins.int
+    BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Stable identifier: use it as the idempotency key of the top-up an
+    event leads to, so a consumer that retries or runs twice tops up once.
+    """
+    alert_id: _builtins.str
+    """The alert that fired."""
+    user_id: _builtins.str
+    """The user."""
+    threshold: _builtins.int
+    """The alert's threshold."""
+    balance_before: _builtins.int
+    """The balance before the crossing transaction (>= threshold)."""
+    balance_after: _builtins.int
+    """The balance after it (< threshold)."""
+    transaction_id: _builtins.str
+    """The transaction that crossed the threshold."""
+    sequence: _builtins.int
+    """That transaction's sequence."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was recorded (the transaction's created_at)."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        alert_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+        balance_before: _builtins.int = ...,
+        balance_after: _builtins.int = ...,
+        transaction_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "balance_after", b"balance_after", "balance_before", b"balance_before", "created_at", b"created_at", "event_id", b"event_id", "sequence", b"sequence", "threshold", b"threshold", "transaction_id", b"transaction_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertEvent: _TypeAlias = AlertEvent  # noqa: Y015
+
+@_typing.final
+class ListAlertEventsRequest(_message.Message):
+    """Request for ListAlertEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user."""
+    page_size: _builtins.int
+    """At most this many events; 0 means 50, above 1000 means 1000."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertEventsRequest: _TypeAlias = ListAlertEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertEventsResponse(_message.Message):
+    """Response of ListAlertEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty after the last page."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertEvent]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___AlertEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertEventsResponse: _TypeAlias = ListAlertEventsResponse  # noqa: Y015

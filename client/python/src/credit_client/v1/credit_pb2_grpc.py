@@ -135,6 +135,21 @@ class CreditServiceStub:
                 request_serializer=credit_dot_v1_dot_credit__pb2.WatchBalanceRequest.SerializeToString,
                 response_deserializer=credit_dot_v1_dot_credit__pb2.WatchBalanceResponse.FromString,
                 _registered_method=True)
+        self.SetBalanceAlert = channel.unary_unary(
+                '/credit.v1.CreditService/SetBalanceAlert',
+                request_serializer=credit_dot_v1_dot_credit__pb2.SetBalanceAlertRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.SetBalanceAlertResponse.FromString,
+                _registered_method=True)
+        self.DeleteBalanceAlert = channel.unary_unary(
+                '/credit.v1.CreditService/DeleteBalanceAlert',
+                request_serializer=credit_dot_v1_dot_credit__pb2.DeleteBalanceAlertRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.DeleteBalanceAlertResponse.FromString,
+                _registered_method=True)
+        self.ListAlertEvents = channel.unary_unary(
+                '/credit.v1.CreditService/ListAlertEvents',
+                request_serializer=credit_dot_v1_dot_credit__pb2.ListAlertEventsRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_credit__pb2.ListAlertEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CreditServiceServicer:
@@ -295,6 +310,31 @@ class CreditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBalanceAlert(self, request, context):
+        """Sets a low-balance alert: when a write takes the user's balance from at
+        least `threshold` to below it, the ledger records one AlertEvent in the
+        same transaction (once per downward crossing; the alert re-arms when the
+        balance is back at or above the threshold). Setting the same threshold
+        again returns the existing alert.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBalanceAlert(self, request, context):
+        """Removes an alert; removing it again returns it as removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlertEvents(self, request, context):
+        """Lists a user's alert events, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -387,6 +427,21 @@ def add_CreditServiceServicer_to_server(servicer, server):
                     servicer.WatchBalance,
                     request_deserializer=credit_dot_v1_dot_credit__pb2.WatchBalanceRequest.FromString,
                     response_serializer=credit_dot_v1_dot_credit__pb2.WatchBalanceResponse.SerializeToString,
+            ),
+            'SetBalanceAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBalanceAlert,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.SetBalanceAlertRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.SetBalanceAlertResponse.SerializeToString,
+            ),
+            'DeleteBalanceAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBalanceAlert,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.DeleteBalanceAlertRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.DeleteBalanceAlertResponse.SerializeToString,
+            ),
+            'ListAlertEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlertEvents,
+                    request_deserializer=credit_dot_v1_dot_credit__pb2.ListAlertEventsRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_credit__pb2.ListAlertEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -886,6 +941,87 @@ class CreditService:
             '/credit.v1.CreditService/WatchBalance',
             credit_dot_v1_dot_credit__pb2.WatchBalanceRequest.SerializeToString,
             credit_dot_v1_dot_credit__pb2.WatchBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBalanceAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditService/SetBalanceAlert',
+            credit_dot_v1_dot_credit__pb2.SetBalanceAlertRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.SetBalanceAlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBalanceAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditService/DeleteBalanceAlert',
+            credit_dot_v1_dot_credit__pb2.DeleteBalanceAlertRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.DeleteBalanceAlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlertEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditService/ListAlertEvents',
+            credit_dot_v1_dot_credit__pb2.ListAlertEventsRequest.SerializeToString,
+            credit_dot_v1_dot_credit__pb2.ListAlertEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -106,6 +106,17 @@ class CreditServiceStub:
     change (changes may be coalesced; the last message always matches the
     latest committed balance).
     """
+    SetBalanceAlert: _grpc.UnaryUnaryMultiCallable[_credit_pb2.SetBalanceAlertRequest, _credit_pb2.SetBalanceAlertResponse]
+    """Sets a low-balance alert: when a write takes the user's balance from at
+    least `threshold` to below it, the ledger records one AlertEvent in the
+    same transaction (once per downward crossing; the alert re-arms when the
+    balance is back at or above the threshold). Setting the same threshold
+    again returns the existing alert.
+    """
+    DeleteBalanceAlert: _grpc.UnaryUnaryMultiCallable[_credit_pb2.DeleteBalanceAlertRequest, _credit_pb2.DeleteBalanceAlertResponse]
+    """Removes an alert; removing it again returns it as removed."""
+    ListAlertEvents: _grpc.UnaryUnaryMultiCallable[_credit_pb2.ListAlertEventsRequest, _credit_pb2.ListAlertEventsResponse]
+    """Lists a user's alert events, newest first."""
 
 @_typing.type_check_only
 class CreditServiceAsyncStub(CreditServiceStub):
@@ -185,6 +196,17 @@ class CreditServiceAsyncStub(CreditServiceStub):
     change (changes may be coalesced; the last message always matches the
     latest committed balance).
     """
+    SetBalanceAlert: _aio.UnaryUnaryMultiCallable[_credit_pb2.SetBalanceAlertRequest, _credit_pb2.SetBalanceAlertResponse]  # type: ignore[assignment]
+    """Sets a low-balance alert: when a write takes the user's balance from at
+    least `threshold` to below it, the ledger records one AlertEvent in the
+    same transaction (once per downward crossing; the alert re-arms when the
+    balance is back at or above the threshold). Setting the same threshold
+    again returns the existing alert.
+    """
+    DeleteBalanceAlert: _aio.UnaryUnaryMultiCallable[_credit_pb2.DeleteBalanceAlertRequest, _credit_pb2.DeleteBalanceAlertResponse]  # type: ignore[assignment]
+    """Removes an alert; removing it again returns it as removed."""
+    ListAlertEvents: _aio.UnaryUnaryMultiCallable[_credit_pb2.ListAlertEventsRequest, _credit_pb2.ListAlertEventsResponse]  # type: ignore[assignment]
+    """Lists a user's alert events, newest first."""
 
 class CreditServiceServicer(metaclass=_abc_1.ABCMeta):
     """CreditService keeps a prepaid credit balance per user and an append-only
@@ -369,5 +391,34 @@ class CreditServiceServicer(metaclass=_abc_1.ABCMeta):
         change (changes may be coalesced; the last message always matches the
         latest committed balance).
         """
+
+    @_abc_1.abstractmethod
+    def SetBalanceAlert(
+        self,
+        request: _credit_pb2.SetBalanceAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credit_pb2.SetBalanceAlertResponse, _abc.Awaitable[_credit_pb2.SetBalanceAlertResponse]]:
+        """Sets a low-balance alert: when a write takes the user's balance from at
+        least `threshold` to below it, the ledger records one AlertEvent in the
+        same transaction (once per downward crossing; the alert re-arms when the
+        balance is back at or above the threshold). Setting the same threshold
+        again returns the existing alert.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteBalanceAlert(
+        self,
+        request: _credit_pb2.DeleteBalanceAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credit_pb2.DeleteBalanceAlertResponse, _abc.Awaitable[_credit_pb2.DeleteBalanceAlertResponse]]:
+        """Removes an alert; removing it again returns it as removed."""
+
+    @_abc_1.abstractmethod
+    def ListAlertEvents(
+        self,
+        request: _credit_pb2.ListAlertEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credit_pb2.ListAlertEventsResponse, _abc.Awaitable[_credit_pb2.ListAlertEventsResponse]]:
+        """Lists a user's alert events, newest first."""
 
 def add_CreditServiceServicer_to_server(servicer: CreditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
