@@ -243,7 +243,15 @@ async fn consume(
             .await;
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
-            Err(status) if status.code() == tonic::Code::Unavailable => {
+            // The process is down (killed), or its connection was reset
+            // as it died (a transport error reads as UNKNOWN or CANCELLED):
+            // go elsewhere.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -261,7 +269,10 @@ async fn consume(
                 Ok(Err(status))
                     if matches!(
                         status.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                        tonic::Code::Unavailable
+                            | tonic::Code::Unknown
+                            | tonic::Code::Internal
+                            | tonic::Code::Cancelled
                     ) =>
                 {
                     break;

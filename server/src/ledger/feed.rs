@@ -151,6 +151,9 @@ struct Signals {
     head: watch::Sender<i64>,
     /// True once the server is shutting down: streams end.
     closing: watch::Sender<bool>,
+    /// The recent feed, read once for every stream of this process
+    /// (`feed_cache.rs`).
+    cache: tokio::sync::Mutex<super::feed_cache::FeedCache>,
 }
 
 impl Default for Signals {
@@ -160,6 +163,7 @@ impl Default for Signals {
             changes: watch::Sender::new(0),
             head: watch::Sender::new(0),
             closing: watch::Sender::new(false),
+            cache: Default::default(),
         }
     }
 }
@@ -202,6 +206,11 @@ impl FeedSignals {
     /// Whether the server is shutting down.
     pub fn closing(&self) -> watch::Receiver<bool> {
         self.inner.closing.subscribe()
+    }
+
+    /// The recent feed shared by this process's streams.
+    pub(super) fn cache(&self) -> &tokio::sync::Mutex<super::feed_cache::FeedCache> {
+        &self.inner.cache
     }
 
     /// Ends every stream (graceful shutdown).

@@ -11,6 +11,7 @@ mod db_error;
 mod error;
 mod faults;
 pub mod feed;
+mod feed_cache;
 mod fingerprint;
 mod group_commit;
 mod handle;

@@ -187,7 +187,7 @@ async fn send_transactions(
         if *closing.borrow() {
             return Stop::End(status::shutting_down());
         }
-        let page = match ledger.feed_page(filter, after, PAGE).await {
+        let page = match ledger.feed_read(filter, after, PAGE).await {
             Ok(page) => page,
             Err(err) => return Stop::End(err.into()),
         };
