@@ -15,7 +15,7 @@ cargo build --locked -p credit-server -p integration-tests --bin credit-server -
 
 bench="$target_dir/debug/credit-bench"
 export CREDIT_SERVER_BIN="$target_dir/debug/credit-server"
-smoke=(--scenario spend-hot,mixed,reserve-capture,spend-lots --clients 4 --connections 2 --duration 2s --warmup 0s
+smoke=(--scenario spend-hot,mixed,reserve-capture,spend-lots,feed --watchers 2 --clients 4 --connections 2 --duration 2s --warmup 0s
        --users 50 --no-progress --fail-on-errors)
 
 echo "== credit-bench smoke: sqlite"

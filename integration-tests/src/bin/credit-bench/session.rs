@@ -139,7 +139,8 @@ fn targets(args: &Args, env: &Env, scenario: Scenario, notes: &mut Vec<String>) 
             note(
                 notes,
                 format!(
-                    "{}: skipped for {} (holds have no SQL equivalent; it runs on the service only)",
+                    "{}: skipped for {} (holds, lots and the feed have no SQL baseline; it runs on \
+                     the service only)",
                     skipped.join(", "),
                     scenario.name()
                 ),
