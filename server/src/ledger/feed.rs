@@ -439,36 +439,20 @@ impl Store {
                 true => event_positions.push((row.as_str(), next)),
             }
         }
-        for chunk in tx_positions.chunks(UPDATE_CHUNK) {
-            let case = chunk
-                .iter()
-                .fold(CaseStatement::new(), |case, (id, position)| {
-                    case.case(ctx::Column::Id.eq(*id), *position)
-                });
-            let updated = ctx::Entity::update_many()
-                .col_expr(ctx::Column::FeedPosition, case.into())
-                .filter(ctx::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
-                .filter(ctx::Column::FeedPosition.is_null())
-                .exec(db)
-                .await?
-                .rows_affected;
-            numbered(updated, chunk.len())?;
-        }
-        for chunk in event_positions.chunks(UPDATE_CHUNK) {
-            let case = chunk
-                .iter()
-                .fold(CaseStatement::new(), |case, (id, position)| {
-                    case.case(alert_event::Column::Id.eq(*id), *position)
-                });
-            let updated = alert_event::Entity::update_many()
-                .col_expr(alert_event::Column::FeedPosition, case.into())
-                .filter(alert_event::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
-                .filter(alert_event::Column::FeedPosition.is_null())
-                .exec(db)
-                .await?
-                .rows_affected;
-            numbered(updated, chunk.len())?;
-        }
+        set_positions::<ctx::Entity, _>(
+            db,
+            ctx::Column::Id,
+            ctx::Column::FeedPosition,
+            &tx_positions,
+        )
+        .await?;
+        set_positions::<alert_event::Entity, _>(
+            db,
+            alert_event::Column::Id,
+            alert_event::Column::FeedPosition,
+            &event_positions,
+        )
+        .await?;
         let head = next;
         db.execute_raw(Statement::from_sql_and_values(
             backend,
@@ -531,11 +515,35 @@ fn pass_order(
         .collect()
 }
 
-fn numbered(updated: u64, expected: usize) -> Result<(), LedgerError> {
-    if updated != expected as u64 {
-        return Err(LedgerError::Internal(format!(
-            "feed sequencer: {updated} of {expected} rows numbered; another pass ran without the lock"
-        )));
+/// Sets `position` of the rows `(id, position)` of one table, in chunks,
+/// only where it is still NULL; every row must be set (module docs).
+async fn set_positions<E, C>(
+    db: &sea_orm::DatabaseTransaction,
+    id: C,
+    position: C,
+    rows: &[(&str, i64)],
+) -> Result<(), LedgerError>
+where
+    E: EntityTrait<Column = C>,
+    C: ColumnTrait,
+{
+    for chunk in rows.chunks(UPDATE_CHUNK) {
+        let case = chunk.iter().fold(CaseStatement::new(), |case, (row, at)| {
+            case.case(id.eq(*row), *at)
+        });
+        let updated = E::update_many()
+            .col_expr(position, case.into())
+            .filter(id.is_in(chunk.iter().map(|(row, _)| *row)))
+            .filter(position.is_null())
+            .exec(db)
+            .await?
+            .rows_affected;
+        if updated != chunk.len() as u64 {
+            return Err(LedgerError::Internal(format!(
+                "feed sequencer: {updated} of {} rows numbered; another pass ran without the lock",
+                chunk.len()
+            )));
+        }
     }
     Ok(())
 }
