@@ -196,6 +196,7 @@ async fn legacy_balances_survive_up_down_up(test_db: &TestDb) -> anyhow::Result<
     // Step 7 down: the sweeper's indexes go, the lots stay.
     let transactions = ctx_count(&db).await?;
     let schema = SchemaManager::new(&db);
+    down_relay_cursor(&db, &schema).await?;
     down_balance_alerts(&db, &schema).await?;
     down_change_feed(&db, &schema).await?;
     down_expiry_indexes(&db, &schema).await?;
@@ -667,6 +668,7 @@ async fn balances_become_lots_up_down_up(test_db: &TestDb) -> anyhow::Result<()>
 
     // Down: the sweeper's indexes, then the lots, allocations and new
     // columns go; the balances, holds and transactions stay.
+    down_relay_cursor(&db, &schema).await?;
     down_balance_alerts(&db, &schema).await?;
     down_change_feed(&db, &schema).await?;
     down_expiry_indexes(&db, &schema).await?;
@@ -701,6 +703,23 @@ async fn balances_become_lots_up_down_up(test_db: &TestDb) -> anyhow::Result<()>
     check_lots(&db, &seeds).await?;
     ensure!(raw_balances(&db).await? == before, "balances unchanged");
     db.close().await?;
+    Ok(())
+}
+
+/// Step 10 made the relays' cursor table; its down drops it.
+async fn down_relay_cursor(
+    db: &sea_orm::DatabaseConnection,
+    schema: &SchemaManager<'_>,
+) -> anyhow::Result<()> {
+    ensure!(
+        schema.has_table("relay_cursor").await?,
+        "step 10 made relay_cursor"
+    );
+    Migrator::down(db, Some(1)).await?;
+    ensure!(
+        !schema.has_table("relay_cursor").await?,
+        "relay_cursor left behind"
+    );
     Ok(())
 }
 

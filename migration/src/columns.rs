@@ -231,3 +231,13 @@ pub fn quoted_user_table(backend: DbBackend) -> &'static str {
         _ => "\"user\"",
     }
 }
+
+/// The `relay_cursor` table (step 10): where each broker relay is in the
+/// change feed.
+#[derive(DeriveIden)]
+pub enum RelayCursor {
+    Table,
+    Name,
+    Position,
+    UpdatedAt,
+}

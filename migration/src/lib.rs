@@ -21,6 +21,7 @@ mod m20261201_000006_lots;
 mod m20261202_000007_expiry_indexes;
 mod m20261203_000008_change_feed;
 mod m20261203_000009_balance_alerts;
+mod m20261203_000010_relay_cursor;
 
 /// Runs the ledger's migrations in order.
 pub struct Migrator;
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000007_expiry_indexes::Migration),
             Box::new(m20261203_000008_change_feed::Migration),
             Box::new(m20261203_000009_balance_alerts::Migration),
+            Box::new(m20261203_000010_relay_cursor::Migration),
         ]
     }
 }

@@ -29,6 +29,23 @@ pub enum Command {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Publish the change feed (every transaction and alert event, in feed
+    /// order) to NATS JetStream, with the transaction or event id as the
+    /// message id; runs until stopped and resumes from its stored cursor.
+    Relay {
+        /// The NATS server.
+        #[arg(long, env = "CREDIT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// The JetStream stream (created when missing).
+        #[arg(long, default_value = "CREDIT_FEED")]
+        stream: String,
+        /// Subjects are `<prefix>.transactions` and `<prefix>.alerts`.
+        #[arg(long, default_value = "credit.feed")]
+        subject_prefix: String,
+        /// The name the relay's cursor is stored under (one relay per name).
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
     /// Make a new random API key; prints the key (give it to the caller) and
     /// the line to put in the keys file (the server stores only its hash).
     NewKey {

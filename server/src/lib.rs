@@ -8,5 +8,6 @@ pub mod db;
 pub mod entity;
 pub mod gate;
 pub mod ledger;
+pub mod relay;
 pub mod service;
 pub mod telemetry;

@@ -44,6 +44,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Verify { user }) => verify(&cli.config, user.as_deref()).await,
+        Some(Command::Relay {
+            nats_url,
+            stream,
+            subject_prefix,
+            name,
+        }) => {
+            let database = open_database(&cli.config).await?;
+            db::migrate(&database)
+                .await
+                .context("cannot migrate the database")?;
+            let ledger =
+                Ledger::with_config(database, cli.config.ledger()).map_err(anyhow::Error::msg)?;
+            credit_server::relay::run(
+                ledger,
+                credit_server::relay::RelayConfig {
+                    nats_url,
+                    stream,
+                    subject_prefix,
+                    name,
+                },
+            )
+            .await
+        }
     }
 }
 

@@ -23,6 +23,7 @@ mod lots;
 pub mod model;
 mod page_token;
 mod pool;
+mod relay_cursor;
 mod rows;
 mod rules;
 mod store;
