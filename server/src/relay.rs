@@ -67,12 +67,7 @@ pub async fn run(ledger: Ledger, config: RelayConfig) -> anyhow::Result<()> {
         .await?
         .unwrap_or(Cursor(0));
     tracing::info!(relay = %config.name, cursor = %cursor.token(), stream = %config.stream, "relay started");
-    let everything = FeedFilter {
-        user_id: None,
-        kinds: Vec::new(),
-        transactions: true,
-        alert_events: true,
-    };
+    let everything = FeedFilter::everything();
     let mut head = ledger.feed_signals().head();
     loop {
         let page = ledger.feed_page(&everything, cursor, PAGE).await?;

@@ -385,7 +385,7 @@ impl Ledger {
         page_token: Option<&str>,
     ) -> Result<AlertEventPage, LedgerError> {
         let after = page_token.map(|t| token::decode(t, user_id)).transpose()?;
-        self.user_exists(user_id).await?;
+        self.ensure_user(user_id).await?;
         let _turn = self.store.direct_read().await?;
         let mut select =
             alert_event::Entity::find().filter(alert_event::Column::UserId.eq(user_id));
@@ -417,21 +417,6 @@ impl Ledger {
             events: rows.into_iter().map(AlertEvent::from).collect(),
             next_page_token,
         })
-    }
-
-    /// Fails with `UserNotFound` for an unknown user.
-    async fn user_exists(&self, user_id: &str) -> Result<(), LedgerError> {
-        let _turn = self.store.direct_read().await?;
-        let found: Option<String> = user_balance::Entity::find_by_id(user_id)
-            .select_only()
-            .column(user_balance::Column::UserId)
-            .into_tuple()
-            .one(self.db())
-            .await
-            .map_err(|e| self.store.explain(e.into()))?;
-        found
-            .map(|_| ())
-            .ok_or_else(|| LedgerError::UserNotFound(user_id.to_owned()))
     }
 }
 

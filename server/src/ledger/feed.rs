@@ -117,6 +117,16 @@ impl Default for FeedFilter {
     }
 }
 
+impl FeedFilter {
+    /// Every item: all users, transactions and alert events.
+    pub fn everything() -> Self {
+        Self {
+            alert_events: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// One item of the feed.
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)]

@@ -86,13 +86,9 @@ impl Ledger {
         // Caught up with the cache and the head moved past it: one read
         // for every stream.
         if after.0 >= end && known_head > end {
-            let everything = FeedFilter {
-                user_id: None,
-                kinds: Vec::new(),
-                transactions: true,
-                alert_events: true,
-            };
-            let page = self.feed_page(&everything, Cursor(end), REFILL).await?;
+            let page = self
+                .feed_page(&FeedFilter::everything(), Cursor(end), REFILL)
+                .await?;
             cache.push(page);
         }
         let Some((start, end)) = cache.range else {

@@ -133,7 +133,7 @@ impl Ledger {
 
     /// NOT_FOUND for an unknown user, so an empty history means "no
     /// transactions", never "no such user".
-    async fn ensure_user(&self, user_id: &str) -> Result<(), LedgerError> {
+    pub(super) async fn ensure_user(&self, user_id: &str) -> Result<(), LedgerError> {
         self.balance(user_id).await.map(|_| ())
     }
 }
